@@ -1,0 +1,63 @@
+"""Grading from Python (tests, notebooks, other tools)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import assignment as assignment_mod
+from .grading import GradeOptions, executed_notebook, finish, prepare
+from .launcher import Launcher, WorkerLimits
+from .plugin import collect_checks
+from .results import SubmissionResult
+from .session import Timeouts
+from .submissions import Submission
+
+
+def grade_notebook(
+    notebook_path: str | Path,
+    assignment: str | Path = "convolutions",
+    *,
+    include_hidden: bool = True,
+    launcher: Launcher | None = None,
+    cell_timeout: float | None = None,
+    notebook_timeout: float | None = None,
+    call_timeout: float | None = None,
+    memory_mib: int | None = None,
+    return_executed: bool = False,
+):
+    """Grade one notebook and return its :class:`SubmissionResult`.
+
+    Args:
+        notebook_path: the .ipynb file.
+        assignment: a bundled assignment's name or an assignment folder.
+        include_hidden: False runs the public checks only (what students can run).
+        launcher: reuse a started :class:`Launcher` (fast for many calls); one is made
+            and closed otherwise.
+        return_executed: also return the executed notebook, as ``(result, notebook)``.
+    """
+    asg = assignment_mod.load(assignment)
+    lim = asg.limits
+    timeouts = Timeouts(
+        cell=cell_timeout or lim.get("cell_timeout", 60.0),
+        notebook=notebook_timeout or lim.get("notebook_timeout", 600.0),
+        call=call_timeout or lim.get("call_timeout", 10.0),
+    )
+    checks = collect_checks(asg, include_hidden)
+    opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden)
+    own = launcher is None
+    if own:
+        launcher = Launcher(
+            warm=False,
+            limits=WorkerLimits(memory_mib=memory_mib or int(lim.get("memory_mib", 2048))),
+            hidden=(asg.root,),
+        )
+    path = Path(notebook_path)
+    sub = Submission(path.stem, str(path), path)
+    try:
+        prep = prepare(sub, launcher, opts)
+        nb = executed_notebook(prep)
+        result: SubmissionResult = finish(prep, asg, checks, opts, launcher.isolation.describe())
+    finally:
+        if own:
+            launcher.close()
+    return (result, nb) if return_executed else result

@@ -1,0 +1,135 @@
+"""Loading an assignment folder and its ``assignment.toml``; every mistake is a staff error."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StaffError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assignments"
+LIMIT_KEYS = {"cell_timeout", "notebook_timeout", "call_timeout", "memory_mib"}
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    title: str
+    points: float
+
+
+@dataclass(frozen=True)
+class Assignment:
+    name: str
+    root: Path
+    title: str
+    questions: tuple[Question, ...]
+    limits: dict
+    source: Path
+    student: Path
+
+    @property
+    def public_dir(self) -> Path:
+        return self.root / "checks" / "public"
+
+    @property
+    def hidden_dir(self) -> Path:
+        return self.root / "checks" / "hidden"
+
+    @property
+    def examples_dir(self) -> Path:
+        return self.root / "examples"
+
+    @property
+    def max_score(self) -> float:
+        return sum(q.points for q in self.questions)
+
+    def question_ids(self) -> tuple[str, ...]:
+        return tuple(q.id for q in self.questions)
+
+
+def bundled_names() -> list[str]:
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "assignment.toml").is_file())
+
+
+def resolve(name_or_dir: str | Path) -> Path:
+    """Find an assignment folder: a path, or the name of a bundled assignment."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path.resolve()
+    if path.name == "assignment.toml" and path.is_file():
+        return path.parent.resolve()
+    bundled = BUNDLED_DIR / str(name_or_dir)
+    if bundled.is_dir():
+        return bundled.resolve()
+    names = ", ".join(bundled_names()) or "none"
+    raise StaffError(
+        f"no assignment {str(name_or_dir)!r}: not a folder, and not a bundled assignment "
+        f"(bundled: {names}). Pass --assignment with a folder that holds assignment.toml."
+    )
+
+
+def load(name_or_dir: str | Path = "convolutions") -> Assignment:
+    """Read and validate an assignment.
+
+    Raises:
+        StaffError: the folder or its assignment.toml is missing or malformed.
+    """
+    root = resolve(name_or_dir)
+    toml_path = root / "assignment.toml"
+    if not toml_path.is_file():
+        raise StaffError(f"{root} has no assignment.toml; every assignment needs one.")
+    try:
+        data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StaffError(f"{toml_path} is not valid TOML: {exc}") from None
+    where = f"in {toml_path}"
+    meta = data.get("assignment", {})
+    if not isinstance(meta, dict):
+        raise StaffError(f"[assignment] must be a table {where}")
+    questions_raw = data.get("questions")
+    if not isinstance(questions_raw, dict) or not questions_raw:
+        raise StaffError(f"no [questions.<id>] tables {where}; each question needs points.")
+    questions = []
+    for qid, q in questions_raw.items():
+        if not isinstance(q, dict):
+            raise StaffError(f"[questions.{qid}] must be a table {where}")
+        points = q.get("points")
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or points <= 0:
+            raise StaffError(
+                f"[questions.{qid}] needs a positive number of points {where}. "
+                f"Received: points={points!r}"
+            )
+        questions.append(Question(str(qid), str(q.get("title", qid)), float(points)))
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        raise StaffError(f"[limits] must be a table {where}")
+    unknown = set(limits) - LIMIT_KEYS
+    if unknown:
+        raise StaffError(
+            f"unknown key(s) {sorted(unknown)} in [limits] {where}; known: {sorted(LIMIT_KEYS)}"
+        )
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise StaffError(f"[limits] {key} must be a positive number {where}. Received: {value!r}")
+    public = root / "checks" / "public"
+    hidden = root / "checks" / "hidden"
+    if not public.is_dir() and not hidden.is_dir():
+        raise StaffError(f"{root} has neither checks/public nor checks/hidden.")
+    return Assignment(
+        name=root.name,
+        root=root,
+        title=str(meta.get("title", root.name)),
+        questions=tuple(questions),
+        limits=dict(limits),
+        source=root / str(meta.get("source", "source.ipynb")),
+        student=root / str(meta.get("student", "student.ipynb")),
+    )

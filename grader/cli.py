@@ -1,0 +1,185 @@
+"""The ``convgrade`` command. Only :func:`main` prints errors and picks the exit code.
+
+Exit codes: 0 everything was graded (whatever the scores) / the command succeeded;
+1 some submission could not be graded, or a check/validation failed; 2 bad usage or a bad
+assignment (nothing was graded); 3 convgrade itself crashed (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from . import __version__, options
+from .errors import ConvgradeError, StaffError
+
+EPILOG = """\
+examples:
+  convgrade grade assignments/convolutions/examples --out /tmp/g
+  convgrade grade submissions.zip alice.ipynb --jobs 2 --cell-timeout 30
+  python -m grader grade my_notebook.ipynb
+
+exit codes: 0 all graded, 1 some submissions could not be graded,
+            2 bad usage or assignment, 3 internal error in convgrade
+"""
+
+
+class Reporter:
+    """Progress on a terminal (one updating line) or plain lines in logs and CI."""
+
+    def __init__(self, stream, quiet: bool) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        r = p.result
+        tag = " (unchanged, reused)" if p.reused else ""
+        line = (f"[{p.done}/{p.total}] {r.submission}: {r.score:g}/{r.max_score:g} "
+                f"{r.status}{tag}")
+        if self.tty:
+            width = 24
+            filled = int(width * p.done / max(1, p.total))
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r\x1b[2K[{bar}] {line}")
+            if p.done == p.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _summary(results, out: Path, elapsed: float) -> str:
+    graded = [r for r in results if r.graded]
+    failed = [r for r in results if not r.graded]
+    scores = [r.score for r in graded]
+    max_score = results[0].max_score if results else 0
+    rows = [
+        ("submissions", str(len(results))),
+        ("graded", str(len(graded))),
+        ("not graded", str(len(failed))),
+        ("mean score", f"{statistics.mean(scores):.2f} / {max_score:g}" if scores else "-"),
+        ("median score", f"{statistics.median(scores):g} / {max_score:g}" if scores else "-"),
+        ("wall time", f"{elapsed:.1f} s"),
+        ("results", str(out / "grades.csv")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    for r in failed:
+        lines.append(f"  not graded: {r.submission} ({r.status}): {'; '.join(r.errors)[:200]}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_grade(args, out_stream, err_stream) -> int:
+    from . import assignment as assignment_mod
+    from .batch import grade_batch
+    from .grading import GradeOptions
+    from .launcher import Launcher, WorkerLimits
+    from .plugin import collect_checks
+    from .session import Timeouts
+    from .submissions import collect
+
+    started = time.monotonic()
+    asg = assignment_mod.load(args.assignment)
+    limits = asg.limits
+    timeouts = Timeouts(
+        cell=options.resolve(args, "cell_timeout", limits),
+        notebook=options.resolve(args, "notebook_timeout", limits),
+        call=options.resolve(args, "call_timeout", limits),
+    )
+    memory = options.resolve(args, "memory_mib", limits)
+    checks = collect_checks(asg)
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
+        subs = collect([Path(p) for p in args.paths], Path(tmp))
+        if not subs:
+            raise StaffError(
+                f"no notebooks (*.ipynb) found in {' '.join(args.paths)}; nothing to grade."
+            )
+        launcher = Launcher(
+            warm=not args.fresh_workers,
+            limits=WorkerLimits(memory_mib=memory),
+            hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
+        )
+        if not launcher.isolation.sandboxed:
+            err_stream.write(f"convgrade: warning: {launcher.isolation.describe()}\n")
+        try:
+            results = grade_batch(
+                subs, asg, checks, launcher, GradeOptions(timeouts=timeouts), out,
+                jobs=args.jobs, reuse=not args.force,
+                on_progress=Reporter(err_stream, args.quiet),
+            )
+        finally:
+            launcher.close()
+    out_stream.write(_summary(results, out, time.monotonic() - started))
+    return 0 if all(r.graded for r in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convgrade",
+        description="Grade Jupyter notebooks for the 'Convolutions for Images' chapter. "
+        "Student code runs in a sandboxed process; hidden pytest checks run outside it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"convgrade {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    g = sub.add_parser(
+        "grade",
+        help="grade notebooks, folders or zips of notebooks with the hidden checks",
+        description="Run each notebook in its own sandboxed worker, score it with the "
+        "assignment's public and hidden checks, and write grades.csv plus one folder per "
+        "submission (result.json, feedback.md, results.json for Gradescope, executed.ipynb).",
+        epilog="example:\n  convgrade grade assignments/convolutions/examples --out /tmp/g",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("paths", nargs="+", metavar="PATH",
+                   help=".ipynb files, folders (searched recursively) or .zip archives")
+    options.add(g, "assignment", "out", "jobs", "cell_timeout", "notebook_timeout",
+                "call_timeout", "memory_mib", "force", "fresh_workers", "quiet")
+    g.set_defaults(handler=cmd_grade)
+    return parser
+
+
+def run(argv: list[str] | None = None, out_stream=None, err_stream=None) -> int:
+    """Run the command line in-process and return its exit code (used by tests)."""
+    out_stream = out_stream or sys.stdout
+    err_stream = err_stream or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error or help
+        return int(exc.code or 0)
+    if not getattr(args, "handler", None):
+        parser.print_help(out_stream)
+        return 2
+    try:
+        return args.handler(args, out_stream, err_stream)
+    except StaffError as exc:
+        err_stream.write(f"convgrade: error: {exc}\n")
+        return exc.exit_code
+    except ConvgradeError as exc:
+        err_stream.write(f"convgrade: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_stream.write("convgrade: interrupted; results written so far are complete files\n")
+        return 130
+    except Exception:
+        err_stream.write(
+            "convgrade: internal error (a bug in convgrade, not in your files):\n"
+            + traceback.format_exc()
+        )
+        return 3
+
+
+def main() -> None:
+    sys.exit(run())

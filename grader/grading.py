@@ -1,0 +1,204 @@
+"""Grading one submission: notebook -> worker -> checks -> a SubmissionResult.
+
+Nothing here prints. Student problems become a result with a status; our own bugs become a
+``grader_error`` result whose traceback goes to staff only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .assignment import Assignment
+from .errors import SubmissionProblem
+from .launcher import Launcher
+from .notebook import LoadedNotebook, load_submission
+from .plugin import CheckInfo, GradingPlugin, check_dirs, run_pytest
+from .results import CheckResult, Execution, SubmissionResult
+from .session import NotebookSession, Timeouts
+from .submissions import Submission
+
+
+@dataclass(frozen=True)
+class GradeOptions:
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    include_hidden: bool = True
+    max_notebook_mib: int = 50
+
+
+@dataclass
+class Prepared:
+    """A submission whose notebook has run (or could not): ready for its checks."""
+
+    submission: Submission
+    notebook: LoadedNotebook | None = None
+    session: NotebookSession | None = None
+    problem: SubmissionProblem | None = None
+    bug: str = ""
+    duration: float = 0.0
+
+
+def fingerprint(path: Path | None, assignment: Assignment) -> str:
+    h = hashlib.sha256()
+    if path is not None and path.is_file():
+        h.update(path.read_bytes())
+    for d in (assignment.root / "checks", assignment.root / "assignment.toml"):
+        files = sorted(d.rglob("*.py")) if d.is_dir() else [d]
+        for f in files:
+            h.update(str(f.relative_to(assignment.root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def prepare(sub: Submission, launcher: Launcher, options: GradeOptions, slot: int = 0) -> Prepared:
+    """Load the notebook and run it in a fresh worker (the slow, parallel part)."""
+    started = time.monotonic()
+    prep = Prepared(sub)
+    try:
+        if sub.problem is not None:
+            raise sub.problem
+        prep.notebook = load_submission(sub.path, options.max_notebook_mib)
+        prep.session = NotebookSession(launcher, prep.notebook.code_cells, options.timeouts, slot)
+        prep.session.run_notebook()
+    except SubmissionProblem as exc:
+        prep.problem = exc
+    except Exception:
+        prep.bug = traceback.format_exc()
+    prep.duration = time.monotonic() - started
+    return prep
+
+
+def _not_run(checks: list[CheckInfo], message: str) -> list[CheckResult]:
+    return [
+        CheckResult(c.name, c.question, 0.0, c.points, "failed", message, c.visibility, c.nodeid)
+        for c in checks
+    ]
+
+
+def _question_totals(assignment: Assignment, tests: list[CheckResult]):
+    out = []
+    for q in assignment.questions:
+        score = sum(t.score for t in tests if t.question == q.id)
+        out.append((q.id, score, q.points))
+    return tuple(out)
+
+
+def _cell_errors(session: NotebookSession, nb: LoadedNotebook) -> list[str]:
+    errors = []
+    for rec in session.records:
+        label = f"cell {rec.index + 1}"
+        if rec.status == "error":
+            errors.append(f"{label} raised {rec.ename}: {rec.evalue}")
+        elif rec.status == "timeout":
+            errors.append(f"{label} was stopped: it {rec.evalue}")
+        elif rec.status == "killed":
+            errors.append(f"{label}: {rec.evalue}")
+        elif rec.status == "skipped":
+            errors.append(f"{label} was not run: {rec.evalue}")
+    if session.shell_commands:
+        errors.append(
+            "shell commands (lines starting with !) are not run under grading: "
+            + ", ".join(f"!{c}" for c in session.shell_commands[:5])
+        )
+    return errors
+
+
+def _status(session: NotebookSession) -> str:
+    statuses = {r.status for r in session.records}
+    if any(r.ename == "MemoryError" for r in session.records):
+        return "memory"
+    if "timeout" in statuses or "skipped" in statuses:
+        return "timeout"
+    if "killed" in statuses or session.restarts:
+        return "crashed"
+    return "graded"
+
+
+def finish(
+    prep: Prepared,
+    assignment: Assignment,
+    checks: list[CheckInfo],
+    options: GradeOptions,
+    isolation: str,
+) -> SubmissionResult:
+    """Run the checks against a prepared submission (trusted process, one at a time)."""
+    sub = prep.submission
+    fp = fingerprint(sub.path, assignment)
+    base = dict(submission=sub.id, source=sub.origin, max_score=assignment.max_score,
+                fingerprint=fp)
+    try:
+        if prep.problem is not None:
+            tests = _not_run(checks, f"not graded: {prep.problem.message}")
+            return SubmissionResult(
+                score=0.0, status=prep.problem.status, tests=tuple(tests),
+                errors=(prep.problem.message,), questions=_question_totals(assignment, tests),
+                execution=Execution(isolation=isolation), **base,
+            )
+        if prep.bug:
+            raise _Bug(prep.bug)
+        session = prep.session
+        plugin = GradingPlugin(assignment, session)
+        started = time.monotonic()
+        run_pytest(plugin, check_dirs(assignment, options.include_hidden))
+        checks_duration = time.monotonic() - started
+        tests, details = plugin.results()
+        if not tests:
+            raise _Bug("no check results: " + getattr(plugin, "output", "")[-3000:])
+        errors = _cell_errors(session, prep.notebook)
+        if session.gave_up:
+            errors.append(f"grading stopped early: {session.gave_up}")
+        execution = Execution(
+            cells=tuple(session.records),
+            duration=prep.duration,
+            checks_duration=checks_duration,
+            isolation=isolation,
+            restarts=session.restarts,
+            shell_commands=tuple(session.shell_commands),
+            notes=tuple(session.notes) + prep.notebook.notes,
+        )
+        score = sum(t.score for t in tests)
+        return SubmissionResult(
+            score=score, status=_status(session), tests=tuple(tests), errors=tuple(errors),
+            execution=execution, questions=_question_totals(assignment, tests),
+            answers=prep.notebook.answers, staff_details=details, **base,
+        )
+    except Exception as exc:
+        detail = exc.args[0] if isinstance(exc, _Bug) else traceback.format_exc()
+        msg = "the autograder failed on this submission; course staff can see why"
+        tests = _not_run(checks, msg)
+        return SubmissionResult(
+            score=0.0, status="grader_error", tests=tuple(tests), errors=(msg,),
+            questions=_question_totals(assignment, tests),
+            execution=Execution(isolation=isolation), staff_details=detail, **base,
+        )
+    finally:
+        if prep.session is not None:
+            prep.session.close()
+
+
+class _Bug(Exception):
+    pass
+
+
+def executed_notebook(prep: Prepared):
+    """The submitted notebook with the outputs it produced under grading (staff review)."""
+    if prep.notebook is None:
+        return None
+    import copy
+
+    import nbformat
+
+    nb = copy.deepcopy(prep.notebook.nb)
+    outputs = prep.session.outputs if prep.session is not None else {}
+    count = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code":
+            continue
+        if index in outputs:
+            count += 1
+            cell["execution_count"] = count
+            cell["outputs"] = [nbformat.from_dict(o) for o in outputs[index]]
+    return nb

@@ -1,0 +1,239 @@
+"""The pytest side of grading: markers, the ``student`` and ``rng`` fixtures, and results.
+
+pytest runs in the trusted grader process. This plugin is handed to ``pytest.main`` for each
+submission; it never imports student code, and student code never sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .assignment import Assignment
+from .errors import StaffError
+from .proxy import CheckFailure, Student
+from .results import CheckResult
+
+_HIDDEN_LINE_PREFIXES = (" x:", " y:", "x:", "y:", "ACTUAL", "DESIRED", " ACTUAL", " DESIRED")
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    nodeid: str
+    name: str
+    question: str
+    points: float
+    visibility: str
+
+
+def _question_from_file(stem: str, ids: tuple[str, ...]) -> str | None:
+    stem = stem.removeprefix("test_")
+    fits = [q for q in ids if stem == q or stem.startswith(q + "_")]
+    return max(fits, key=len) if fits else None
+
+
+def _info(item, assignment: Assignment) -> CheckInfo:
+    path = Path(str(item.path))
+    visibility = "hidden" if assignment.hidden_dir in path.parents else "visible"
+    where = f"check {item.nodeid}"
+    mark = item.get_closest_marker("points")
+    if mark is None or len(mark.args) != 1:
+        raise StaffError(f"{where} has no @pytest.mark.points(N); every check needs its points.")
+    points = mark.args[0]
+    if isinstance(points, bool) or not isinstance(points, (int, float)) or points < 0:
+        raise StaffError(f"{where}: points must be a number >= 0. Received: {points!r}")
+    qmark = item.get_closest_marker("question")
+    question = qmark.args[0] if qmark and qmark.args else None
+    if question is None:
+        question = _question_from_file(path.stem, assignment.question_ids())
+    if question not in assignment.question_ids():
+        raise StaffError(
+            f"{where} belongs to no question of assignment.toml (got {question!r}); add "
+            f"@pytest.mark.question(...) with one of {list(assignment.question_ids())}."
+        )
+    doc = (getattr(item, "function", None).__doc__ or "").strip() if hasattr(item, "function") else ""
+    name = doc.splitlines()[0].strip() if doc else item.name
+    return CheckInfo(item.nodeid, name, question, float(points), visibility)
+
+
+def _message(excinfo, visibility: str) -> str:
+    exc = excinfo.value
+    if isinstance(exc, CheckFailure):
+        return str(exc)
+    if isinstance(exc, AssertionError):
+        text = str(exc).strip()
+        if visibility == "hidden":
+            lines = [ln for ln in text.splitlines() if not ln.startswith(_HIDDEN_LINE_PREFIXES)]
+            text = "\n".join(lines).strip()[:400]
+        return text or "the result did not meet this check's condition"
+    return f"{type(exc).__name__}: {str(exc)[:400]}"
+
+
+class GradingPlugin:
+    """Collects (and, with a session, runs) an assignment's checks."""
+
+    def __init__(self, assignment: Assignment, session=None) -> None:
+        self.assignment = assignment
+        self.session = session
+        self.infos: dict[str, CheckInfo] = {}
+        self.order: list[str] = []
+        self.outcomes: dict[str, tuple[bool, str, str]] = {}
+        self.collect_errors: list[str] = []
+
+    def pytest_configure(self, config) -> None:
+        config.addinivalue_line("markers", "points(n): points the check is worth")
+        config.addinivalue_line("markers", "question(id): the question of assignment.toml")
+
+    def pytest_collectreport(self, report) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid}: {report.longreprtext[-3000:]}")
+
+    def pytest_collection_modifyitems(self, session, config, items) -> None:
+        for item in items:
+            try:
+                info = _info(item, self.assignment)
+            except StaffError as exc:  # pytest would swallow it as an internal error
+                self.collect_errors.append(str(exc))
+                continue
+            self.infos[item.nodeid] = info
+            self.order.append(item.nodeid)
+
+    @pytest.fixture
+    def student(self):
+        if self.session is None:
+            pytest.skip("no notebook")
+        return Student(self.session)
+
+    @pytest.fixture
+    def rng(self, request) -> np.random.Generator:
+        return np.random.default_rng(_seed(request.node.nodeid))
+
+    @pytest.fixture(autouse=True)
+    def _seed_everything(self, request):
+        seed = _seed(request.node.nodeid)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.when == "call" or report.failed:
+            previous = self.outcomes.get(item.nodeid)
+            if previous and not previous[0]:
+                return
+            if report.failed and call.excinfo is not None:
+                info = self.infos.get(item.nodeid)
+                visibility = info.visibility if info else "hidden"
+                msg = _message(call.excinfo, visibility)
+                self.outcomes[item.nodeid] = (False, msg, report.longreprtext[-4000:])
+            elif report.passed and report.when == "call":
+                self.outcomes[item.nodeid] = (True, "", "")
+            elif report.skipped:
+                self.outcomes[item.nodeid] = (False, "skipped", "")
+
+    def results(self) -> tuple[list[CheckResult], str]:
+        out, details = [], []
+        for nodeid in self.order:
+            info = self.infos[nodeid]
+            passed, msg, longrepr = self.outcomes.get(nodeid, (False, "the check did not run", ""))
+            out.append(
+                CheckResult(
+                    name=info.name,
+                    question=info.question,
+                    score=info.points if passed else 0.0,
+                    max_score=info.points,
+                    status="passed" if passed else "failed",
+                    message=msg,
+                    visibility=info.visibility,
+                    nodeid=nodeid,
+                )
+            )
+            if longrepr:
+                details.append(f"--- {nodeid}\n{longrepr}")
+        return out, "\n".join(details)
+
+
+def _seed(nodeid: str) -> int:
+    return int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:8], "big")
+
+
+def _pytest_args(assignment: Assignment, dirs: list[Path], collect_only: bool) -> list[str]:
+    args = [str(d) for d in dirs]
+    args += [
+        "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:stepwise",
+        "-p", "no:randomly", "--assert=plain", "--import-mode=importlib", "--strict-markers",
+        "--rootdir", str(assignment.root), "-c", str(_empty_ini()),
+        "-W", "ignore::DeprecationWarning",
+    ]
+    if collect_only:
+        args.append("--collect-only")
+    return args
+
+
+_INI: Path | None = None
+
+
+def _empty_ini() -> Path:
+    global _INI
+    if _INI is None or not _INI.exists():
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="convgrade-", suffix=".ini")
+        with open(fd, "w") as fh:
+            fh.write("[pytest]\n")
+        _INI = Path(name)
+    return _INI
+
+
+def check_dirs(assignment: Assignment, include_hidden: bool) -> list[Path]:
+    dirs = [assignment.public_dir]
+    if include_hidden:
+        dirs.append(assignment.hidden_dir)
+    return [d for d in dirs if d.is_dir()]
+
+
+def run_pytest(plugin: GradingPlugin, dirs: list[Path], collect_only: bool = False) -> int:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = pytest.main(_pytest_args(plugin.assignment, dirs, collect_only), plugins=[plugin])
+    plugin.output = buf.getvalue()
+    return int(code)
+
+
+def collect_checks(assignment: Assignment, include_hidden: bool = True) -> list[CheckInfo]:
+    """Collect the checks once, validating them against assignment.toml.
+
+    Raises:
+        StaffError: a check file does not import, a check lacks points or a question, or the
+            points of a question do not add up to what assignment.toml says.
+    """
+    plugin = GradingPlugin(assignment)
+    dirs = check_dirs(assignment, include_hidden)
+    code = run_pytest(plugin, dirs, collect_only=True)
+    if plugin.collect_errors or code not in (0, 5):
+        detail = "\n".join(plugin.collect_errors) or getattr(plugin, "output", "")[-3000:]
+        raise StaffError(f"the checks of {assignment.root} could not be collected:\n{detail}")
+    infos = [plugin.infos[n] for n in plugin.order]
+    if not infos:
+        raise StaffError(f"no checks found in {', '.join(map(str, dirs))}")
+    if include_hidden:
+        totals: dict[str, float] = {}
+        for info in infos:
+            totals[info.question] = totals.get(info.question, 0.0) + info.points
+        problems = []
+        for q in assignment.questions:
+            got = totals.get(q.id, 0.0)
+            if abs(got - q.points) > 1e-9:
+                problems.append(f"question {q.id!r}: checks add up to {got:g}, assignment.toml says {q.points:g}")
+        if problems:
+            raise StaffError("points do not add up:\n  " + "\n  ".join(problems))
+    return infos

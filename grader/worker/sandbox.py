@@ -1,0 +1,129 @@
+"""Per-submission isolation, applied inside a freshly forked worker before student code runs.
+
+The zygote (see :mod:`.zygote`) already lives in a bubblewrap sandbox: a read-only view of
+the interpreter and system libraries only, no network, its own PID namespace. Each worker
+forked from it additionally gets, when the zygote holds the privileges to do so:
+
+- its own mount, PID, network and IPC namespaces (siblings cannot see or reach each other;
+  killing the worker's PID 1 kills every process it started);
+- a private, size-capped tmpfs as working directory and ``/tmp``;
+- resource limits (address space, processes, file size, open files, no core dumps);
+- an unprivileged uid of its own with no capabilities and ``no_new_privs``.
+
+What could not be applied is returned as a list of notes, so reports can say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+import signal
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def enter_namespaces() -> list[str]:
+    """In the intermediate process: new namespaces for the worker about to be forked."""
+    notes = []
+    try:
+        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC)
+    except OSError as exc:
+        notes.append(f"no per-worker namespaces ({exc.strerror})")
+    return notes
+
+
+def setup_worker(limits: dict, uid: int | None, namespaced: bool) -> list[str]:
+    """In the worker itself (PID 1 of its namespace when ``namespaced``)."""
+    notes = []
+    workdir = limits.get("workdir", "/work")
+    if namespaced:
+        try:
+            mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+            size = int(limits.get("disk_mib", 256))
+            owner = f",uid={uid},gid={uid}" if uid is not None else ""
+            opts = f"size={size}m,nr_inodes=10000,mode=0700{owner}"
+            for path in (workdir, "/tmp"):
+                os.makedirs(path, exist_ok=True)
+                mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        except OSError as exc:
+            notes.append(f"no private work directory ({exc.strerror})")
+    os.chdir(workdir if os.path.isdir(workdir) else "/tmp")
+
+    mib = 1024 * 1024
+    wanted = {
+        resource.RLIMIT_CORE: 0,
+        resource.RLIMIT_NOFILE: int(limits.get("max_open_files", 256)),
+        resource.RLIMIT_FSIZE: int(limits.get("disk_mib", 256)) * mib,
+        resource.RLIMIT_NPROC: int(limits.get("max_processes", 256)),
+    }
+    if limits.get("memory_mib"):
+        # The preloaded libraries already map this much; the budget is on top of it.
+        baseline = _current_address_space()
+        wanted[resource.RLIMIT_AS] = baseline + int(limits["memory_mib"]) * mib
+    for res, value in wanted.items():
+        try:
+            resource.setrlimit(res, (value, value))
+        except (ValueError, OSError) as exc:
+            notes.append(f"could not set resource limit {res} ({exc})")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    if uid is not None:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        except OSError as exc:
+            notes.append(f"could not switch to an unprivileged user ({exc.strerror})")
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    set_parent_death_signal()
+    return notes
+
+
+def _current_address_space() -> int:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[0])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def scrub_environment(keep: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(keep)

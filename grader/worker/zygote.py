@@ -1,0 +1,129 @@
+"""The zygote: imports the heavy libraries once, then forks one worker per request.
+
+It runs inside the bubblewrap sandbox but never runs student code itself, so its memory
+(copy-on-write shared with every worker) holds libraries only: no checks, no reference code,
+no state of a previous submission. Requests arrive on a SOCK_SEQPACKET control socket as a
+small JSON document plus the file descriptor of the new worker's channel. For each request:
+
+    zygote -> fork A (new namespaces) -> fork B = the worker, PID 1 of its namespace
+
+A sends the grader a pidfd for B (through B's channel), so the grader can interrupt or kill
+the worker from outside without knowing PIDs across namespaces, then waits for B and exits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+
+
+def _reap(signum, frame) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _preload(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing optional library only slows students down
+            sys.stderr.write(f"convgrade zygote: could not preload {name}: {exc}\n")
+
+
+def _worker_main(fd: int, req: dict, notes: list[str], namespaced: bool, go: int) -> None:
+    from . import protocol, sandbox
+    from .serve import Server
+
+    os.read(go, 1)
+    os.close(go)
+    notes = notes + sandbox.setup_worker(req.get("limits", {}), req.get("uid"), namespaced)
+    sandbox.scrub_environment(req.get("env", {}))
+    threads = req.get("tf_threads")
+    if threads and "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        except Exception:
+            pass
+    chan = protocol.Channel(socket.socket(fileno=fd))
+    chan.send({"ok": True, "hello": True, "notes": notes})
+    Server(chan).serve()
+
+
+def _spawn(req: dict, fd: int, ctl: socket.socket) -> int:
+    pid = os.fork()
+    if pid:
+        os.close(fd)
+        return pid
+    code = 0
+    try:
+        from . import sandbox
+
+        ctl.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sandbox.set_parent_death_signal()
+        notes = sandbox.enter_namespaces() if req.get("namespaces", True) else []
+        namespaced = req.get("namespaces", True) and not notes
+        go_r, go_w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(go_w)
+            try:
+                _worker_main(fd, req, notes, namespaced, go_r)
+            except BaseException:
+                os._exit(71)
+            os._exit(0)
+        os.close(go_r)
+        chan = socket.socket(fileno=fd)
+        pidfd = os.pidfd_open(child)
+        socket.send_fds(chan, [b"P"], [pidfd])
+        os.close(pidfd)
+        chan.detach()
+        os.close(fd)
+        os.write(go_w, b"g")
+        os.close(go_w)
+        _, status = os.waitpid(child, 0)
+        code = 0 if status == 0 else 1
+    except BaseException:
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = json.loads((argv or sys.argv)[1])
+    ctl = socket.socket(fileno=int(cfg["control_fd"]))
+    _preload(cfg.get("preload", []))
+    signal.signal(signal.SIGCHLD, _reap)
+    ctl.send(json.dumps({"ok": True, "ready": True}).encode())
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 65536, 1)
+        except OSError:
+            break
+        if not msg:
+            break
+        try:
+            req = json.loads(msg)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if req.get("op") != "spawn" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            ctl.send(json.dumps({"ok": False, "message": "bad request"}).encode())
+            continue
+        pid = _spawn(req, fds[0], ctl)
+        ctl.send(json.dumps({"ok": True, "pid": pid}).encode())
+    os._exit(0)
