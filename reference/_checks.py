@@ -86,10 +86,13 @@ def check_matrix(tensor: tf.Tensor, name: str, func: str) -> None:
 def check_kernel_fits(input_shape: Any, kernel_shape: Any, func: str) -> None:
     """Raises `ValueError` if the kernel is taller or wider than the input.
 
-    Unknown (None) dimensions are not checked.
+    Unknown dimensions (None, or an unknown rank inside `tf.function`) are
+    not checked.
     """
-    in_dims = tf.TensorShape(input_shape).as_list()
-    k_dims = tf.TensorShape(kernel_shape).as_list()
+    input_shape, kernel_shape = tf.TensorShape(input_shape), tf.TensorShape(kernel_shape)
+    if input_shape.rank is None or kernel_shape.rank is None:
+        return
+    in_dims, k_dims = input_shape.as_list(), kernel_shape.as_list()
     for size, ksize in zip(in_dims, k_dims, strict=True):
         if size is not None and ksize is not None and ksize > size:
             raise ValueError(

@@ -82,6 +82,7 @@ class Conv2D(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def build(self, input_shape: Any) -> None:
+        """Checks that inputs are 2-D and fit the kernel, then creates the weights."""
         shape = tf.TensorShape(input_shape)
         if shape.rank != 2:
             raise ValueError(
@@ -95,6 +96,7 @@ class Conv2D(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(1,), initializer=self.bias_initializer)
 
     def call(self, inputs: Any) -> tf.Tensor:
+        """Returns ``corr(inputs, weight) + bias``."""
         return self.corr(inputs, self.weight) + self.bias
 
     def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:

@@ -272,3 +272,12 @@ def test_error_names_the_function():
 def test_complex_input_is_a_type_error():
     with pytest.raises(TypeError, match=r"real-valued `X`.*Received: X\.dtype=complex128"):
         corr2d(np.ones((2, 2), dtype=complex), np.ones((1, 1)))
+
+
+@pytest.mark.parametrize(
+    "spec", [tf.TensorSpec([None, None]), tf.TensorSpec(None)], ids=["unknown-dims", "unknown-rank"]
+)
+def test_traces_with_unknown_shapes(spec):
+    compiled = tf.function(corr2d, input_signature=[spec, spec])
+    X, K = random_pair((5, 4), (2, 3))
+    np.testing.assert_allclose(compiled(X, K).numpy(), np_corr2d(X, K), rtol=RTOL, atol=ATOL)
