@@ -98,8 +98,12 @@ def sgd_step(layer, X, Y, lr: float = 0.1) -> dict:
             variables = list(layer.trainable_weights)
             grads = tape.gradient(loss, variables)
             result["loss"] = float(loss)
-            result["no_gradient"] = [v.name for v, g in zip(variables, grads) if g is None]
-            tf.keras.optimizers.SGD(learning_rate=lr).apply_gradients(zip(grads, variables))
+            result["no_gradient"] = [
+                v.name for v, g in zip(variables, grads, strict=True) if g is None
+            ]
+            tf.keras.optimizers.SGD(learning_rate=lr).apply_gradients(
+                zip(grads, variables, strict=True)
+            )
         except Exception as exc:  # report what Keras or the student's code raised
             result["error"] = f"{type(exc).__name__}: {exc}"
     messages = [str(w.message) for w in caught]

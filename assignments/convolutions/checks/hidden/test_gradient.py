@@ -1,0 +1,38 @@
+"""Hidden checks of Exercise 2 (gradient): another input, and the chosen explanation."""
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.points(1)
+def test_loop_layer_gradients_other_shapes(student, rng):
+    """loop_layer_gradients on another input and kernel size"""
+    X = rng.normal(size=(4, 5)).astype(np.float32)
+    grads = student.loop_layer_gradients(X, (2, 2))
+    assert isinstance(grads, dict) and {"weight", "bias"} <= set(grads), (
+        'loop_layer_gradients must return a dict {"weight": ..., "bias": ...}.'
+    )
+    assert grads["weight"] is None, (
+        "the gradient for `weight` is not None: with corr2d_loop the tape gives None."
+    )
+    assert grads["bias"] is not None, "the gradient for `bias` is None: add the bias."
+    bias = np.asarray(grads["bias"], dtype=np.float64).reshape(-1)
+    assert np.allclose(bias, [12.0]), (
+        f"for X of shape (4, 5) and kernel_size (2, 2) the gradient for `bias` is "
+        f"{bias.tolist()}, expected [12.0]: does the function use X and kernel_size?"
+    )
+
+
+@pytest.mark.points(2)
+def test_gradient_answer(student):
+    """GRADIENT_ANSWER: what goes wrong when training through the loop"""
+    answer = student.value(student.GRADIENT_ANSWER)
+    assert answer is not None, "GRADIENT_ANSWER is still None: set it to one letter, A to D."
+    answer = str(answer).strip().upper()
+    assert len(answer) == 1 and answer in "ABCD", (
+        f"GRADIENT_ANSWER is {answer!r}; it must be one letter, A to D."
+    )
+    assert answer == "B", (
+        "GRADIENT_ANSWER is not right: compare it with what loop_layer_gradients returned, "
+        "and with what the optimizer said when you applied those gradients."
+    )

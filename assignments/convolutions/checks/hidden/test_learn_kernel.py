@@ -1,0 +1,99 @@
+"""Hidden checks of Part 4 (`learn_kernel`): other targets and kernel shapes.
+
+The learning rate is chosen from the data (1 / largest curvature of the loss), so plain
+gradient descent from any starting kernel decreases the loss at every step and converges
+well within the epochs given.
+"""
+
+import numpy as np
+import pytest
+
+import reference
+
+
+def patches(X, kernel_size):
+    kh, kw = kernel_size
+    oh, ow = X.shape[0] - kh + 1, X.shape[1] - kw + 1
+    return np.array(
+        [X[i : i + kh, j : j + kw].reshape(-1) for i in range(oh) for j in range(ow)],
+        dtype=np.float64,
+    )
+
+
+def safe_lr(X, kernel_size):
+    P = patches(X, kernel_size)
+    return float(1.0 / np.linalg.eigvalsh(2 * P.T @ P).max())
+
+
+def fit(student, X, target, epochs):
+    kernel_size = target.shape
+    Y = np.asarray(reference.corr2d(X, target), dtype=np.float32)
+    lr = safe_lr(X, kernel_size)
+    result = student.learn_kernel(X, Y, kernel_size=kernel_size, lr=lr, num_epochs=epochs)
+    assert isinstance(result, (tuple, list)) and len(result) == 2, (
+        "learn_kernel must return a pair (kernel, losses)."
+    )
+    kernel = np.asarray(result[0], dtype=np.float64)
+    losses = np.asarray(result[1], dtype=np.float64).reshape(-1)
+    return kernel, losses
+
+
+def check_kernel(kernel, target):
+    if kernel.shape != target.shape:
+        if kernel.size == target.size:
+            raise AssertionError(
+                f"the kernel has shape {kernel.shape}, expected kernel_size = {target.shape}: "
+                "reshape the Keras kernel to kernel_size."
+            )
+        raise AssertionError(
+            f"for kernel_size={target.shape} the kernel has shape {kernel.shape}: the layer "
+            "must be built with the kernel_size argument."
+        )
+    if np.allclose(kernel, [[1.0, -1.0]]):
+        raise AssertionError(
+            "learn_kernel returned [[1, -1]] for data made with a different kernel: it must "
+            "learn the kernel from X and Y, not return the chapter's answer."
+        )
+    assert np.abs(kernel - target).max() < 0.05, (
+        f"learn_kernel did not recover the kernel that produced Y (largest error "
+        f"{np.abs(kernel - target).max():.3g}): does it learn from the given X, Y, lr and "
+        "num_epochs?"
+    )
+
+
+@pytest.mark.points(1)
+def test_learns_another_kernel(student, rng):
+    """learn_kernel recovers a (1, 2) kernel other than [[1, -1]]"""
+    X = rng.normal(size=(5, 7)).astype(np.float32)
+    target = np.array([[-0.5, 2.0]], dtype=np.float32)
+    kernel, _ = fit(student, X, target, 25)
+    check_kernel(kernel, target)
+
+
+@pytest.mark.points(1)
+def test_learns_a_2x2_kernel(student, rng):
+    """learn_kernel recovers a 2x2 kernel"""
+    X = rng.normal(size=(6, 6)).astype(np.float32)
+    target = np.array([[0.8, -0.3], [1.2, 0.4]], dtype=np.float32)
+    kernel, _ = fit(student, X, target, 25)
+    check_kernel(kernel, target)
+
+
+@pytest.mark.points(1)
+def test_losses_follow_training(student, rng):
+    """learn_kernel returns one loss per epoch, decreasing"""
+    X = rng.normal(size=(4, 6)).astype(np.float32)
+    target = np.array([[1.5, 0.5]], dtype=np.float32)
+    _, losses = fit(student, X, target, 7)
+    assert losses.size == 7, f"num_epochs=7 gave {losses.size} losses, expected 7."
+    assert np.all(np.isfinite(losses)), "the losses contain NaN or infinite values"
+    if losses[-1] > losses[0]:
+        raise AssertionError(
+            f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}): the update goes "
+            "uphill. Subtract lr * gradient from the kernel."
+        )
+    assert np.all(np.diff(losses) <= 1e-6 * losses[0] + 1e-6), (
+        "with a small learning rate each loss should be lower than the one before; is each "
+        "loss computed before the update, with the current kernel?"
+    )
+    assert losses[-1] < 0.5 * losses[0], "the losses barely change: is the kernel updated?"

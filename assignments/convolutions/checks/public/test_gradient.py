@@ -1,0 +1,32 @@
+"""Public check of Exercise 2 (gradient): the tape's gradients through the loop version."""
+
+import numpy as np
+import pytest
+
+
+def chapter_image():
+    X = np.ones((6, 8), dtype=np.float32)
+    X[:, 2:6] = 0.0
+    return X
+
+
+@pytest.mark.points(1)
+def test_loop_layer_gradients_on_the_worked_example(student):
+    """loop_layer_gradients on the 6x8 image: no gradient for weight, 42 for bias"""
+    grads = student.loop_layer_gradients(chapter_image())
+    assert isinstance(grads, dict) and {"weight", "bias"} <= set(grads), (
+        'loop_layer_gradients must return a dict {"weight": ..., "bias": ...}.'
+    )
+    assert grads["weight"] is None, (
+        "the gradient for `weight` is not None: with corr2d_loop the tape gives None. Did "
+        "you use corr2d (Part 1) instead of corr2d_loop, or replace the None yourself?"
+    )
+    assert grads["bias"] is not None, (
+        "the gradient for `bias` is None: add the bias to the result of corr2d_loop, as the "
+        "layer's call() does."
+    )
+    bias = np.asarray(grads["bias"], dtype=np.float64).reshape(-1)
+    assert np.allclose(bias, [42.0]), (
+        f"the gradient for `bias` is {bias.tolist()}, expected [42.0] (one per output pixel "
+        "of the 6x7 output): is the loss tf.reduce_sum(corr2d_loop(X, weight) + bias)?"
+    )
