@@ -132,6 +132,8 @@ class CellRunner:
         self.shell.system = self._refuse_shell
         self.shell.getoutput = self._refuse_getoutput
         self.shell._showtraceback = self._record_traceback
+        # The base shell has no GUI loop; the inline backend needs none, so accept the call.
+        self.shell.enable_gui = lambda gui=None: None
         try:
             self.shell.run_line_magic("matplotlib", "inline")
         except Exception:  # matplotlib is optional in a notebook

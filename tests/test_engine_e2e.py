@@ -1,0 +1,310 @@
+"""End-to-end: the real CLI grades real notebooks in real sandboxed workers.
+
+One batch (the fixture notebooks plus broken files made here) is graded once per session;
+the tests below read its output files, as a user would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from grader.cli import run
+
+pytestmark = pytest.mark.slow
+
+SECRET = "HIDDEN-CHECK-SOURCE-7f3a"
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that records whether anybody connected."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.connected = False
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connected = True
+            conn.close()
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def _write_nb(path: Path, *sources: str) -> None:
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="session")
+def batch(tmp_path_factory, engine_notebooks, mini_assignment):
+    subs = tmp_path_factory.mktemp("subs")
+    for nb in engine_notebooks.glob("*.ipynb"):
+        shutil.copy(nb, subs / nb.name)
+    good = (engine_notebooks / "good.ipynb").read_text()
+    listener = Listener()
+    _write_nb(
+        subs / "network.ipynb",
+        good and "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {listener.port}), timeout=3)\n"
+        "print('CONNECTED')",
+    )
+    (subs / "not_json.ipynb").write_text("this is not json {")
+    (subs / "json_not_notebook.ipynb").write_text(json.dumps({"hello": "world"}))
+    (subs / "no_cells.ipynb").write_text(json.dumps(
+        {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    r_nb = json.loads(good)
+    r_nb["metadata"]["kernelspec"] = {"name": "ir", "display_name": "R", "language": "R"}
+    (subs / "r_kernel.ipynb").write_text(json.dumps(r_nb))
+    (subs / "binary.ipynb").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
+    v3 = {"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [{"cells": [
+        {"cell_type": "code", "language": "python", "input": "x = 1", "outputs": []}]}]}
+    (subs / "old_v3.ipynb").write_text(json.dumps(v3))
+    huge = json.loads(good)
+    huge["cells"][1]["outputs"] = [
+        {"output_type": "stream", "name": "stdout", "text": "x" * (100 * 2**20)}]
+    (subs / "huge_output.ipynb").write_text(json.dumps(huge))
+    outside = tmp_path_factory.mktemp("outside") / "secret.ipynb"
+    outside.write_text(good)
+    (subs / "linked.ipynb").symlink_to(outside)
+    (subs / "zdup").mkdir()
+    shutil.copy(engine_notebooks / "partial.ipynb", subs / "zdup" / "good.ipynb")
+    archive = tmp_path_factory.mktemp("zips") / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("alice/hw.ipynb", good)
+        zf.writestr("../escape.ipynb", good)
+    out = tmp_path_factory.mktemp("out")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    env_before = os.environ.get("CONVGRADE_TEST_SECRET")
+    os.environ["CONVGRADE_TEST_SECRET"] = "s3cr3t-value"
+    try:
+        code = run(["grade", str(subs), str(archive), "-a", str(mini_assignment), "--out", str(out),
+                    "--jobs", "2"], stdout, stderr)
+    finally:
+        listener.close()
+        if env_before is None:
+            os.environ.pop("CONVGRADE_TEST_SECRET", None)
+    with open(out / "grades.csv", newline="") as fh:
+        rows = {r["submission"]: r for r in csv.DictReader(fh)}
+    return {"code": code, "out": out, "rows": rows, "stdout": stdout.getvalue(),
+            "stderr": stderr.getvalue(), "listener": listener, "subs": subs, "archive": archive}
+
+
+def result(batch, sub_id: str) -> dict:
+    return json.loads((batch["out"] / sub_id / "result.json").read_text())
+
+
+def outputs_text(path: Path) -> str:
+    """Everything the executed notebook's cells printed or displayed (not their source)."""
+    nb = nbformat.read(path, as_version=4)
+    return json.dumps([c.get("outputs", []) for c in nb.cells])
+
+
+def score(batch, sub_id: str) -> float:
+    return float(batch["rows"][sub_id]["score"])
+
+
+def test_batch_finishes_with_exit_1_because_some_files_are_not_notebooks(batch):
+    assert batch["code"] == 1
+    assert "not graded" in batch["stdout"]
+    assert "mean score" in batch["stdout"] and "median score" in batch["stdout"]
+
+
+def test_grades_csv_has_one_sorted_row_per_submission(batch):
+    text = (batch["out"] / "grades.csv").read_text().splitlines()
+    assert text[0] == "submission,score,max_score,status,corr2d,layer"
+    ids = [line.split(",")[0] for line in text[1:]]
+    assert ids == sorted(ids)
+    assert len(ids) == len(set(ids))
+
+
+def test_correct_notebook_gets_full_marks(batch):
+    assert batch["rows"]["good"]["score"] == "5"
+    assert batch["rows"]["good"]["status"] == "graded"
+    r = result(batch, "good")
+    assert {t["status"] for t in r["tests"]} == {"passed"}
+    assert set(r) >= {"submission", "score", "max_score", "status", "tests", "errors", "execution"}
+
+
+def test_partially_wrong_notebook_loses_only_its_question(batch):
+    row = batch["rows"]["partial"]
+    assert (row["corr2d"], row["layer"]) == ("0", "2")
+    failing = [t for t in result(batch, "partial")["tests"] if t["status"] == "failed"]
+    assert all("corr2d(X, K) is wrong at index" in t["message"] for t in failing)
+
+
+@pytest.mark.parametrize("sub_id", ["raising_middle", "syntax_error"])
+def test_a_failing_cell_does_not_stop_the_rest(batch, sub_id):
+    assert score(batch, sub_id) == 5
+    errors = " ".join(result(batch, sub_id)["errors"])
+    assert "cell 3 raised" in errors
+
+
+@pytest.mark.parametrize("sub_id", ["infinite_loop", "ignores_sigint"])
+def test_endless_loops_time_out_and_later_cells_still_count(batch, sub_id):
+    r = result(batch, sub_id)
+    assert r["status"] == "timeout"
+    assert score(batch, sub_id) == 5
+    assert any("was stopped" in e for e in r["errors"])
+
+
+def test_sigint_ignoring_loop_is_killed_and_the_notebook_replayed(batch):
+    assert result(batch, "ignores_sigint")["execution"]["restarts"] >= 1
+
+
+def test_memory_hog_hits_the_limit_with_a_clear_reason(batch):
+    r = result(batch, "memory_hog")
+    assert r["status"] == "memory"
+    assert any("MemoryError" in e for e in r["errors"])
+    assert score(batch, "memory_hog") == 5
+
+
+def test_os_exit_after_definitions_still_scores(batch):
+    r = result(batch, "exits_early")
+    assert score(batch, "exits_early") == 5
+    assert r["execution"]["restarts"] >= 1
+
+
+def test_monkeypatching_comparisons_does_not_raise_the_score(batch):
+    assert score(batch, "monkeypatch") == score(batch, "partial") == 2
+
+
+def test_object_with_lying_eq_and_array_does_not_pass(batch):
+    assert batch["rows"]["liar"]["corr2d"] == "0"
+
+
+def test_worker_cannot_import_reference_or_read_hidden_checks(batch):
+    executed = outputs_text(batch["out"] / "snoop" / "executed.ipynb")
+    assert "No module named 'reference'" in executed
+    assert "IMPORTED REFERENCE" not in executed
+    for name in ("executed.ipynb", "feedback.md", "result.json", "results.json"):
+        assert SECRET not in (batch["out"] / "snoop" / name).read_text()
+    assert "test_corr2d_hidden" not in executed
+
+
+def test_no_network_from_the_worker(batch):
+    assert not batch["listener"].connected
+    executed = outputs_text(batch["out"] / "network" / "executed.ipynb")
+    nb = nbformat.read(batch["out"] / "network" / "executed.ipynb", as_version=4)
+    printed = [o.get("text", "") for c in nb.cells for o in c.get("outputs", [])]
+    assert not any("CONNECTED" in text for text in printed)
+    assert "unreachable" in executed or "refused" in executed
+
+
+def test_all_child_processes_are_gone_after_grading(batch):
+    executed = outputs_text(batch["out"] / "spawns_children" / "executed.ipynb")
+    assert "50 children started" in executed
+    left = subprocess.run(["pgrep", "-f", "sleep 4242"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_magics_work_and_shell_lines_are_reported(batch):
+    r = result(batch, "magics")
+    assert score(batch, "magics") == 5
+    assert r["execution"]["shell_commands"] == ["ls /"]
+    executed = nbformat.read(batch["out"] / "magics" / "executed.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # %matplotlib inline
+    assert any("Wall time" in o.get("text", "") for o in outputs)  # %%time
+
+
+def test_template_scores_zero_without_engine_errors(batch):
+    assert batch["rows"]["template"]["score"] == "0"
+    assert result(batch, "template")["status"] == "graded"
+    messages = " ".join(t["message"] for t in result(batch, "template")["tests"])
+    assert "NotImplementedError" in messages
+
+
+@pytest.mark.parametrize(
+    "sub_id, status, words",
+    [
+        ("not_json", "not_notebook", "not valid JSON"),
+        ("json_not_notebook", "not_notebook", "not a Jupyter notebook"),
+        ("no_cells", "empty", "no cells"),
+        ("r_kernel", "wrong_kernel", "Python 3 kernel"),
+        ("binary", "not_notebook", "not UTF-8"),
+        ("huge_output", "too_large", "Clear all outputs"),
+        ("linked", "unsafe_path", "outside the submission folder"),
+        ("escape", "unsafe_path", "outside the archive"),
+    ],
+)
+def test_bad_inputs_get_a_row_with_a_clear_reason(batch, sub_id, status, words):
+    row = batch["rows"][sub_id]
+    assert row["status"] == status
+    assert row["score"] == "0"
+    assert words in (batch["out"] / sub_id / "feedback.md").read_text()
+
+
+def test_nbformat3_is_converted_and_graded(batch):
+    r = result(batch, "old_v3")
+    assert r["status"] == "graded"
+    assert "converted from nbformat 3" in " ".join(r["execution"]["notes"])
+
+
+def test_zip_members_and_duplicate_stems_get_deterministic_ids(batch):
+    assert batch["rows"]["alice_hw"]["score"] == "5"  # path inside the zip, "/" replaced
+    assert {"good", "good-2"} <= set(batch["rows"])
+    mapping = (batch["out"] / "submissions.csv").read_text()
+    assert "good-2," in mapping and "zdup" in mapping
+    assert not list(Path("/tmp").glob("**/escape.ipynb"))
+
+
+def test_worker_environment_is_scrubbed(tmp_path, mini_assignment):
+    nb = tmp_path / "env.ipynb"
+    _write_nb(nb, "import os\nprint(sorted(os.environ))\nprint(os.getuid())")
+    os.environ["CONVGRADE_TEST_SECRET"] = "s3cr3t-value"
+    try:
+        code = run(["grade", str(nb), "-a", str(mini_assignment), "--out", str(tmp_path / "o"),
+                    "-q"], io.StringIO(), io.StringIO())
+    finally:
+        os.environ.pop("CONVGRADE_TEST_SECRET")
+    assert code == 0
+    executed = outputs_text(tmp_path / "o" / "env" / "executed.ipynb")
+    assert "CONVGRADE_TEST_SECRET" not in executed
+    if os.geteuid() == 0:
+        assert "600" in executed  # an unprivileged uid of its own (60000 + slot)
+
+
+def test_regrading_gives_the_same_scores_and_reuses_unchanged(batch, mini_assignment):
+    before = (batch["out"] / "grades.csv").read_text()
+    stderr = io.StringIO()
+    code = run(["grade", str(batch["subs"]), str(batch["archive"]), "-a", str(mini_assignment), "--out",
+                str(batch["out"])], io.StringIO(), stderr)
+    assert code == 1
+    assert (batch["out"] / "grades.csv").read_text() == before
+    assert "unchanged, reused" in stderr.getvalue()
+
+
+def test_python_dash_m_grader_is_the_same_program():
+    proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "--cell-timeout" in proc.stdout and "example" in proc.stdout
