@@ -119,7 +119,9 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
         )
     for key, value in limits.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise StaffError(f"[limits] {key} must be a positive number {where}. Received: {value!r}")
+            raise StaffError(
+                f"[limits] {key} must be a positive number {where}. Received: {value!r}"
+            )
     public = root / "checks" / "public"
     hidden = root / "checks" / "hidden"
     if not public.is_dir() and not hidden.is_dir():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__, writers
 from .assignment import Assignment
-from .grading import GradeOptions, Prepared, executed_notebook, finish, fingerprint, prepare
+from .grading import GradeOptions, Prepared, executed_notebook, fingerprint, finish, prepare
 from .launcher import Launcher
 from .plugin import CheckInfo
 from .results import SubmissionResult

@@ -43,8 +43,7 @@ class Reporter:
             return
         r = p.result
         tag = " (unchanged, reused)" if p.reused else ""
-        line = (f"[{p.done}/{p.total}] {r.submission}: {r.score:g}/{r.max_score:g} "
-                f"{r.status}{tag}")
+        line = f"[{p.done}/{p.total}] {r.submission}: {r.score:g}/{r.max_score:g} {r.status}{tag}"
         if self.tty:
             width = 24
             filled = int(width * p.done / max(1, p.total))
@@ -113,8 +112,14 @@ def cmd_grade(args, out_stream, err_stream) -> int:
             err_stream.write(f"convgrade: warning: {launcher.isolation.describe()}\n")
         try:
             results = grade_batch(
-                subs, asg, checks, launcher, GradeOptions(timeouts=timeouts), out,
-                jobs=args.jobs, reuse=not args.force,
+                subs,
+                asg,
+                checks,
+                launcher,
+                GradeOptions(timeouts=timeouts),
+                out,
+                jobs=args.jobs,
+                reuse=not args.force,
                 on_progress=Reporter(err_stream, args.quiet),
             )
         finally:
@@ -142,10 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  convgrade grade assignments/convolutions/examples --out /tmp/g",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("paths", nargs="+", metavar="PATH",
-                   help=".ipynb files, folders (searched recursively) or .zip archives")
-    options.add(g, "assignment", "out", "jobs", "cell_timeout", "notebook_timeout",
-                "call_timeout", "memory_mib", "force", "fresh_workers", "quiet")
+    g.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help=".ipynb files, folders (searched recursively) or .zip archives",
+    )
+    options.add(
+        g,
+        "assignment",
+        "out",
+        "jobs",
+        "cell_timeout",
+        "notebook_timeout",
+        "call_timeout",
+        "memory_mib",
+        "force",
+        "fresh_workers",
+        "quiet",
+    )
     g.set_defaults(handler=cmd_grade)
     return parser
 

@@ -63,7 +63,7 @@ class WorkerProcess:
         self.sock.settimeout(max(5.0, deadline - time.monotonic()))
         try:
             return self.channel.recv()
-        except socket.timeout:
+        except TimeoutError:
             raise protocol.ProtocolError("the worker stalled in the middle of a message") from None
 
     def request(self, message: dict, timeout: float) -> dict:

@@ -127,15 +127,20 @@ def finish(
     """Run the checks against a prepared submission (trusted process, one at a time)."""
     sub = prep.submission
     fp = fingerprint(sub.path, assignment)
-    base = dict(submission=sub.id, source=sub.origin, max_score=assignment.max_score,
-                fingerprint=fp)
+    base = dict(
+        submission=sub.id, source=sub.origin, max_score=assignment.max_score, fingerprint=fp
+    )
     try:
         if prep.problem is not None:
             tests = _not_run(checks, f"not graded: {prep.problem.message}")
             return SubmissionResult(
-                score=0.0, status=prep.problem.status, tests=tuple(tests),
-                errors=(prep.problem.message,), questions=_question_totals(assignment, tests),
-                execution=Execution(isolation=isolation), **base,
+                score=0.0,
+                status=prep.problem.status,
+                tests=tuple(tests),
+                errors=(prep.problem.message,),
+                questions=_question_totals(assignment, tests),
+                execution=Execution(isolation=isolation),
+                **base,
             )
         if prep.bug:
             raise _Bug(prep.bug)
@@ -161,18 +166,29 @@ def finish(
         )
         score = sum(t.score for t in tests)
         return SubmissionResult(
-            score=score, status=_status(session), tests=tuple(tests), errors=tuple(errors),
-            execution=execution, questions=_question_totals(assignment, tests),
-            answers=prep.notebook.answers, staff_details=details, **base,
+            score=score,
+            status=_status(session),
+            tests=tuple(tests),
+            errors=tuple(errors),
+            execution=execution,
+            questions=_question_totals(assignment, tests),
+            answers=prep.notebook.answers,
+            staff_details=details,
+            **base,
         )
     except Exception as exc:
         detail = exc.args[0] if isinstance(exc, _Bug) else traceback.format_exc()
         msg = "the autograder failed on this submission; course staff can see why"
         tests = _not_run(checks, msg)
         return SubmissionResult(
-            score=0.0, status="grader_error", tests=tuple(tests), errors=(msg,),
+            score=0.0,
+            status="grader_error",
+            tests=tuple(tests),
+            errors=(msg,),
             questions=_question_totals(assignment, tests),
-            execution=Execution(isolation=isolation), staff_details=detail, **base,
+            execution=Execution(isolation=isolation),
+            staff_details=detail,
+            **base,
         )
     finally:
         if prep.session is not None:

@@ -43,7 +43,9 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise SubmissionProblem("unreadable", f"the file could not be read ({exc.strerror})")
+        raise SubmissionProblem(
+            "unreadable", f"the file could not be read ({exc.strerror})"
+        ) from None
     if size > max_mib * 1024 * 1024:
         raise SubmissionProblem(
             "too_large",

@@ -49,31 +49,83 @@ def _positive_float(text: str) -> float:
 OPTIONS: dict[str, Option] = {
     o.dest: o
     for o in [
-        Option(("--assignment", "-a"), "assignment",
-               "assignment folder (with assignment.toml) or the name of a bundled one",
-               default="convolutions", metavar="NAME_OR_DIR"),
-        Option(("--out", "-o"), "out", "folder for grades.csv and one folder per submission",
-               default="grades", metavar="DIR"),
-        Option(("--jobs", "-j"), "jobs", "notebooks run in parallel (default: number of cores)",
-               type=_positive_int, default=os.cpu_count() or 1, metavar="N"),
-        Option(("--cell-timeout",), "cell_timeout", "seconds one notebook cell may run",
-               type=_positive_float, default=60.0, metavar="S", limit_key="cell_timeout"),
-        Option(("--timeout",), "notebook_timeout", "seconds the whole notebook may run",
-               type=_positive_float, default=600.0, metavar="S", limit_key="notebook_timeout"),
-        Option(("--call-timeout",), "call_timeout",
-               "seconds one call from a check into the notebook may run",
-               type=_positive_float, default=10.0, metavar="S", limit_key="call_timeout"),
-        Option(("--memory",), "memory_mib", "memory (MiB) student code may allocate",
-               type=_positive_int, default=2048, metavar="MIB", limit_key="memory_mib"),
-        Option(("--force",), "force",
-               "grade every submission again, even when its notebook and the checks are "
-               "unchanged since the results in --out were written", action="store_true",
-               default=False),
-        Option(("--fresh-workers",), "fresh_workers",
-               "start a new Python for every notebook instead of forking a pre-warmed one "
-               "(slower; for comparison)", action="store_true", default=False),
-        Option(("--quiet", "-q"), "quiet", "no progress output", action="store_true",
-               default=False),
+        Option(
+            ("--assignment", "-a"),
+            "assignment",
+            "assignment folder (with assignment.toml) or the name of a bundled one",
+            default="convolutions",
+            metavar="NAME_OR_DIR",
+        ),
+        Option(
+            ("--out", "-o"),
+            "out",
+            "folder for grades.csv and one folder per submission",
+            default="grades",
+            metavar="DIR",
+        ),
+        Option(
+            ("--jobs", "-j"),
+            "jobs",
+            "notebooks run in parallel (default: number of cores)",
+            type=_positive_int,
+            default=os.cpu_count() or 1,
+            metavar="N",
+        ),
+        Option(
+            ("--cell-timeout",),
+            "cell_timeout",
+            "seconds one notebook cell may run",
+            type=_positive_float,
+            default=60.0,
+            metavar="S",
+            limit_key="cell_timeout",
+        ),
+        Option(
+            ("--timeout",),
+            "notebook_timeout",
+            "seconds the whole notebook may run",
+            type=_positive_float,
+            default=600.0,
+            metavar="S",
+            limit_key="notebook_timeout",
+        ),
+        Option(
+            ("--call-timeout",),
+            "call_timeout",
+            "seconds one call from a check into the notebook may run",
+            type=_positive_float,
+            default=10.0,
+            metavar="S",
+            limit_key="call_timeout",
+        ),
+        Option(
+            ("--memory",),
+            "memory_mib",
+            "memory (MiB) student code may allocate",
+            type=_positive_int,
+            default=2048,
+            metavar="MIB",
+            limit_key="memory_mib",
+        ),
+        Option(
+            ("--force",),
+            "force",
+            "grade every submission again, even when its notebook and the checks are "
+            "unchanged since the results in --out were written",
+            action="store_true",
+            default=False,
+        ),
+        Option(
+            ("--fresh-workers",),
+            "fresh_workers",
+            "start a new Python for every notebook instead of forking a pre-warmed one "
+            "(slower; for comparison)",
+            action="store_true",
+            default=False,
+        ),
+        Option(
+            ("--quiet", "-q"), "quiet", "no progress output", action="store_true", default=False
+        ),
     ]
 }
 

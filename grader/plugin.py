@@ -58,7 +58,9 @@ def _info(item, assignment: Assignment) -> CheckInfo:
             f"{where} belongs to no question of assignment.toml (got {question!r}); add "
             f"@pytest.mark.question(...) with one of {list(assignment.question_ids())}."
         )
-    doc = (getattr(item, "function", None).__doc__ or "").strip() if hasattr(item, "function") else ""
+    doc = (
+        (getattr(item, "function", None).__doc__ or "").strip() if hasattr(item, "function") else ""
+    )
     name = doc.splitlines()[0].strip() if doc else item.name
     return CheckInfo(item.nodeid, name, question, float(points), visibility)
 
@@ -169,10 +171,23 @@ def _seed(nodeid: str) -> int:
 def _pytest_args(assignment: Assignment, dirs: list[Path], collect_only: bool) -> list[str]:
     args = [str(d) for d in dirs]
     args += [
-        "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:stepwise",
-        "-p", "no:randomly", "--assert=plain", "--import-mode=importlib", "--strict-markers",
-        "--rootdir", str(assignment.root), "-c", str(_empty_ini()),
-        "-W", "ignore::DeprecationWarning",
+        "-q",
+        "--no-header",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:stepwise",
+        "-p",
+        "no:randomly",
+        "--assert=plain",
+        "--import-mode=importlib",
+        "--strict-markers",
+        "--rootdir",
+        str(assignment.root),
+        "-c",
+        str(_empty_ini()),
+        "-W",
+        "ignore::DeprecationWarning",
     ]
     if collect_only:
         args.append("--collect-only")
@@ -233,7 +248,10 @@ def collect_checks(assignment: Assignment, include_hidden: bool = True) -> list[
         for q in assignment.questions:
             got = totals.get(q.id, 0.0)
             if abs(got - q.points) > 1e-9:
-                problems.append(f"question {q.id!r}: checks add up to {got:g}, assignment.toml says {q.points:g}")
+                problems.append(
+                    f"question {q.id!r}: checks add up to {got:g}, "
+                    f"assignment.toml says {q.points:g}"
+                )
         if problems:
             raise StaffError("points do not add up:\n  " + "\n  ".join(problems))
     return infos

@@ -57,8 +57,13 @@ class Remote:
     def __getattr__(self, name: str) -> Remote:
         if name.startswith("__"):
             raise AttributeError(name)
-        return Remote(self._student, self._base, self._path + [name], self._generation,
-                      f"{self._label}.{name}")
+        return Remote(
+            self._student,
+            self._base,
+            self._path + [name],
+            self._generation,
+            f"{self._label}.{name}",
+        )
 
     def __setattr__(self, name, value):
         raise AttributeError("student objects cannot be modified from a check; call a method")
@@ -96,8 +101,9 @@ class Student:
         return bool(reply.get("value"))
 
     def value(self, ref: Remote):
-        reply = self._request({"op": "value", "target": self._target_of(ref), "want": "value"},
-                              ref._label)
+        reply = self._request(
+            {"op": "value", "target": self._target_of(ref), "want": "value"}, ref._label
+        )
         return reply["value"]
 
     def type_name(self, ref: Remote) -> str:
@@ -140,8 +146,13 @@ class Student:
         reply = self._request(message, label)
         if reply.get("plain"):
             return reply["value"]
-        return Remote(self, reply["value"], [], self._session.generation,
-                      f"{label} -> {reply.get('type', 'object')}")
+        return Remote(
+            self,
+            reply["value"],
+            [],
+            self._session.generation,
+            f"{label} -> {reply.get('type', 'object')}",
+        )
 
     def _request(self, message: dict, label: str) -> dict:
         try:

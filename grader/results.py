@@ -7,8 +7,17 @@ from dataclasses import asdict, dataclass, field
 # Statuses of a submission. Only the ones in NOT_GRADED make `convgrade grade` exit 1.
 GRADED = "graded"
 NOT_GRADED = frozenset(
-    {"not_notebook", "too_large", "empty", "wrong_kernel", "old_format", "unsafe_path",
-     "unreadable", "bad_archive", "grader_error"}
+    {
+        "not_notebook",
+        "too_large",
+        "empty",
+        "wrong_kernel",
+        "old_format",
+        "unsafe_path",
+        "unreadable",
+        "bad_archive",
+        "grader_error",
+    }
 )
 
 

@@ -62,8 +62,13 @@ class NotebookSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.records.append(
-                    CellRecord(cell.index, "skipped", 0.0, "NotebookTimeout",
-                               f"the notebook used up its {self.timeouts.notebook:g} s")
+                    CellRecord(
+                        cell.index,
+                        "skipped",
+                        0.0,
+                        "NotebookTimeout",
+                        f"the notebook used up its {self.timeouts.notebook:g} s",
+                    )
                 )
                 continue
             self.records.append(self._run_cell(cell, min(self.timeouts.cell, remaining)))
@@ -81,8 +86,13 @@ class NotebookSession:
                 self.outputs[cell.index] = [_error_output("TimeoutError", exc.message)]
             else:
                 self.outputs[cell.index] = [_error_output("WorkerDied", exc.message)]
-            return CellRecord(cell.index, status, elapsed, "Timeout" if status == "timeout"
-                              else "WorkerDied", exc.message)
+            return CellRecord(
+                cell.index,
+                status,
+                elapsed,
+                "Timeout" if status == "timeout" else "WorkerDied",
+                exc.message,
+            )
         except _GiveUp as exc:
             return CellRecord(cell.index, "skipped", 0.0, "WorkerDied", str(exc))
         self.replayable.append(cell)
@@ -91,8 +101,13 @@ class NotebookSession:
         err = reply.get("error")
         duration = float(reply.get("duration") or 0.0)
         if err:
-            return CellRecord(cell.index, "error", duration, str(err.get("ename", "")),
-                              str(err.get("evalue", ""))[:500])
+            return CellRecord(
+                cell.index,
+                "error",
+                duration,
+                str(err.get("ename", "")),
+                str(err.get("evalue", ""))[:500],
+            )
         return CellRecord(cell.index, "ok", duration)
 
     def _restart(self, replay_deadline: float) -> None:

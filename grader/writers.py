@@ -47,8 +47,13 @@ def grades_csv(results: list[SubmissionResult], question_ids: tuple[str, ...]) -
     for r in sorted(results, key=lambda r: r.submission):
         per_q = r.question_scores
         w.writerow(
-            [r.submission, _fmt(r.score), _fmt(r.max_score), r.status,
-             *(_fmt(per_q.get(q, (0.0, 0.0))[0]) for q in question_ids)]
+            [
+                r.submission,
+                _fmt(r.score),
+                _fmt(r.max_score),
+                r.status,
+                *(_fmt(per_q.get(q, (0.0, 0.0))[0]) for q in question_ids),
+            ]
         )
     return buf.getvalue()
 

@@ -60,7 +60,11 @@ class Listener:
 
 def _write_nb(path: Path, *sources: str) -> None:
     nb = new_notebook(cells=[new_code_cell(s) for s in sources])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
@@ -73,24 +77,37 @@ def batch(tmp_path_factory, engine_notebooks, mini_assignment):
     listener = Listener()
     _write_nb(
         subs / "network.ipynb",
-        good and "import socket\n"
+        good
+        and "import socket\n"
         f"s = socket.create_connection(('127.0.0.1', {listener.port}), timeout=3)\n"
         "print('CONNECTED')",
     )
     (subs / "not_json.ipynb").write_text("this is not json {")
     (subs / "json_not_notebook.ipynb").write_text(json.dumps({"hello": "world"}))
-    (subs / "no_cells.ipynb").write_text(json.dumps(
-        {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    (subs / "no_cells.ipynb").write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
     r_nb = json.loads(good)
     r_nb["metadata"]["kernelspec"] = {"name": "ir", "display_name": "R", "language": "R"}
     (subs / "r_kernel.ipynb").write_text(json.dumps(r_nb))
     (subs / "binary.ipynb").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
-    v3 = {"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [{"cells": [
-        {"cell_type": "code", "language": "python", "input": "x = 1", "outputs": []}]}]}
+    v3 = {
+        "nbformat": 3,
+        "nbformat_minor": 0,
+        "metadata": {},
+        "worksheets": [
+            {
+                "cells": [
+                    {"cell_type": "code", "language": "python", "input": "x = 1", "outputs": []}
+                ]
+            }
+        ],
+    }
     (subs / "old_v3.ipynb").write_text(json.dumps(v3))
     huge = json.loads(good)
     huge["cells"][1]["outputs"] = [
-        {"output_type": "stream", "name": "stdout", "text": "x" * (100 * 2**20)}]
+        {"output_type": "stream", "name": "stdout", "text": "x" * (100 * 2**20)}
+    ]
     (subs / "huge_output.ipynb").write_text(json.dumps(huge))
     outside = tmp_path_factory.mktemp("outside") / "secret.ipynb"
     outside.write_text(good)
@@ -106,16 +123,37 @@ def batch(tmp_path_factory, engine_notebooks, mini_assignment):
     env_before = os.environ.get("CONVGRADE_TEST_SECRET")
     os.environ["CONVGRADE_TEST_SECRET"] = "s3cr3t-value"
     try:
-        code = run(["grade", str(subs), str(archive), "-a", str(mini_assignment), "--out", str(out),
-                    "--jobs", "2"], stdout, stderr)
+        code = run(
+            [
+                "grade",
+                str(subs),
+                str(archive),
+                "-a",
+                str(mini_assignment),
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+            ],
+            stdout,
+            stderr,
+        )
     finally:
         listener.close()
         if env_before is None:
             os.environ.pop("CONVGRADE_TEST_SECRET", None)
     with open(out / "grades.csv", newline="") as fh:
         rows = {r["submission"]: r for r in csv.DictReader(fh)}
-    return {"code": code, "out": out, "rows": rows, "stdout": stdout.getvalue(),
-            "stderr": stderr.getvalue(), "listener": listener, "subs": subs, "archive": archive}
+    return {
+        "code": code,
+        "out": out,
+        "rows": rows,
+        "stdout": stdout.getvalue(),
+        "stderr": stderr.getvalue(),
+        "listener": listener,
+        "subs": subs,
+        "archive": archive,
+    }
 
 
 def result(batch, sub_id: str) -> dict:
@@ -282,8 +320,11 @@ def test_worker_environment_is_scrubbed(tmp_path, mini_assignment):
     _write_nb(nb, "import os\nprint(sorted(os.environ))\nprint(os.getuid())")
     os.environ["CONVGRADE_TEST_SECRET"] = "s3cr3t-value"
     try:
-        code = run(["grade", str(nb), "-a", str(mini_assignment), "--out", str(tmp_path / "o"),
-                    "-q"], io.StringIO(), io.StringIO())
+        code = run(
+            ["grade", str(nb), "-a", str(mini_assignment), "--out", str(tmp_path / "o"), "-q"],
+            io.StringIO(),
+            io.StringIO(),
+        )
     finally:
         os.environ.pop("CONVGRADE_TEST_SECRET")
     assert code == 0
@@ -296,15 +337,30 @@ def test_worker_environment_is_scrubbed(tmp_path, mini_assignment):
 def test_regrading_gives_the_same_scores_and_reuses_unchanged(batch, mini_assignment):
     before = (batch["out"] / "grades.csv").read_text()
     stderr = io.StringIO()
-    code = run(["grade", str(batch["subs"]), str(batch["archive"]), "-a", str(mini_assignment), "--out",
-                str(batch["out"])], io.StringIO(), stderr)
+    code = run(
+        [
+            "grade",
+            str(batch["subs"]),
+            str(batch["archive"]),
+            "-a",
+            str(mini_assignment),
+            "--out",
+            str(batch["out"]),
+        ],
+        io.StringIO(),
+        stderr,
+    )
     assert code == 1
     assert (batch["out"] / "grades.csv").read_text() == before
     assert "unchanged, reused" in stderr.getvalue()
 
 
 def test_python_dash_m_grader_is_the_same_program():
-    proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "grader", "grade", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
     assert "--cell-timeout" in proc.stdout and "example" in proc.stdout

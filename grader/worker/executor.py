@@ -99,7 +99,9 @@ class CellRunner:
         runner = self
 
         class _Publisher(DisplayPublisher):
-            def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
+            def publish(
+                self, data, metadata=None, source=None, *, transient=None, update=False, **kw
+            ):
                 runner._add_output(
                     {"output_type": "display_data", "data": _bounded_bundle(data), "metadata": {}}
                 )
@@ -188,7 +190,8 @@ class CellRunner:
         if restored:
             err.write(
                 "[convgrade: replaced Python builtins were put back after this cell: "
-                + ", ".join(sorted(restored)) + "]\n"
+                + ", ".join(sorted(restored))
+                + "]\n"
             )
         elapsed = time.perf_counter() - started
         streams = []

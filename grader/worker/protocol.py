@@ -19,12 +19,16 @@ import math
 import socket
 import struct
 
-import numpy as np
-
 # Student code may replace builtins (e.g. isinstance); this module keeps the originals.
 from builtins import (  # noqa: E402
-    bool, callable, dict, float, getattr, int, isinstance, len, list, str, tuple, type,
+    bool,
+    float,
+    len,
+    tuple,
+    type,
 )
+
+import numpy as np
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 MAX_BLOB_BYTES = 64 * 1024 * 1024

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import traceback
 
-import numpy as np
-
 # Student code may replace builtins (e.g. isinstance); this module keeps the originals.
 from builtins import (  # noqa: E402
-    bool, callable, dict, float, getattr, int, isinstance, len, list, str, tuple, type,
+    bool,
+    callable,
+    float,
+    getattr,
+    len,
+    tuple,
+    type,
 )
+
+import numpy as np
 
 from . import protocol
 from .executor import strip_ansi
@@ -209,8 +215,12 @@ class Server:
                 try:
                     reply = _exception_reply(exc)
                 except BaseException:  # an exception whose str() or traceback itself fails
-                    reply = {"ok": False, "kind": "raised", "ename": "Exception",
-                             "evalue": "(an exception that could not be printed)"}
+                    reply = {
+                        "ok": False,
+                        "kind": "raised",
+                        "ename": "Exception",
+                        "evalue": "(an exception that could not be printed)",
+                    }
             try:
                 self.channel.send(reply)
             except TypeError as exc:  # reply not encodable (e.g. too large)
