@@ -2,6 +2,8 @@
 
 The layer is judged on its own: when the student's `corr2d` is wrong, the layer is still
 right if it returns `corr2d(X, weight) + bias` with that `corr2d` (errors carried forward).
+Inputs are square (kernels are not), so a `corr2d` that mixes up height and width, which is
+only wrong on rectangular inputs, does not break the layer's checks as well.
 """
 
 import numpy as np
@@ -54,7 +56,7 @@ def output_problem(student, X, W, b, got):
 @pytest.mark.points(1)
 def test_output_with_set_weights(student, rng):
     """layer(X) equals corr2d(X, weight) + bias for weights set by the check"""
-    X = rng.normal(size=(5, 7)).astype(np.float32)
+    X = rng.normal(size=(6, 6)).astype(np.float32)
     W = rng.normal(size=(2, 3)).astype(np.float32)
     layer = built_layer(student, (2, 3), X, W, 0.0)
     problem = output_problem(student, X, W, 0.0, np.asarray(layer(X), dtype=np.float64))
@@ -64,7 +66,7 @@ def test_output_with_set_weights(student, rng):
 @pytest.mark.points(1)
 def test_bias_is_added(student, rng):
     """layer(X) adds the bias"""
-    X = rng.normal(size=(4, 6)).astype(np.float32)
+    X = rng.normal(size=(5, 5)).astype(np.float32)
     W = rng.normal(size=(1, 2)).astype(np.float32)
     layer = built_layer(student, (1, 2), X, W, 1.5)
     problem = output_problem(student, X, W, 1.5, np.asarray(layer(X), dtype=np.float64))
@@ -74,16 +76,18 @@ def test_bias_is_added(student, rng):
 @pytest.mark.points(1)
 def test_gradients_reach_weight_and_bias(student, rng):
     """gradients of a loss reach both the weight and the bias"""
-    X = rng.normal(size=(5, 6)).astype(np.float32)
-    W = rng.normal(size=(2, 2)).astype(np.float32)
-    layer = built_layer(student, (2, 2), X, W, 0.5)
-    U = rng.normal(size=(4, 5)).astype(np.float32)
+    X = rng.normal(size=(5, 5)).astype(np.float32)
+    W = rng.normal(size=(2, 3)).astype(np.float32)
+    layer = built_layer(student, (2, 3), X, W, 0.5)
+    # Upstream gradient shaped like the layer's own output (errors carried forward).
+    U = rng.normal(size=np.shape(layer(X))).astype(np.float32)
     grads = student.probe.layer_gradients(layer, X, U)
     if grads["weight"] is None:
         corr = student.probe.corr_gradient(student.corr2d, X, W, U)
         cause = (
             "your corr2d blocks gradients (it fills a tf.Variable with assign, or leaves "
-            "TensorFlow through NumPy), so a layer built on it cannot learn its kernel"
+            "TensorFlow through NumPy, or returns a fixed result), so a layer built on it "
+            "cannot learn its kernel"
             if corr["kernel"] is None
             else "call() does not compute the output from `weight` with TensorFlow operations"
         )
@@ -120,10 +124,10 @@ def test_gradients_reach_weight_and_bias(student, rng):
 @pytest.mark.points(1)
 def test_one_sgd_step_trains(student, rng):
     """one step of keras.optimizers.SGD lowers the loss and updates both weights"""
-    X = rng.normal(size=(4, 5)).astype(np.float32)
+    X = rng.normal(size=(5, 5)).astype(np.float32)
     W = rng.normal(size=(1, 2)).astype(np.float32)
-    Y = ref(X, rng.normal(size=(1, 2))).astype(np.float32) + 0.3
     layer = built_layer(student, (1, 2), X, W, 0.0)
+    Y = rng.normal(size=np.shape(layer(X))).astype(np.float32)
     step = student.probe.sgd_step(layer, X, Y, 0.01)
     if step["error"] is not None:
         raise AssertionError(

@@ -20,17 +20,18 @@ def test_derivative_kernels_on_polynomials(student, rng):
         if kernel.shape != (1, d + 1):
             raise AssertionError(
                 f"derivative_kernel({d}) has shape {kernel.shape}: wrong size. A derivative of "
-                f"degree {d} needs {d + 1} entries, shape (1, {d + 1})."
+                f"degree {d} needs d + 1 = {d + 1} entries, shape (1, {d + 1})."
             )
         coeffs = rng.integers(-3, 4, size=d + 1).astype(np.float64)
-        coeffs[0] = rng.choice([-2.0, -1.0, 1.0, 2.0])  # leading coefficient, never 0
+        coeffs[0] = rng.choice([1.0, 2.0, 3.0])  # leading coefficient, > 0
         out = apply(kernel, np.polyval(coeffs, x))
         want = coeffs[0] * math.factorial(d)
         if d % 2 == 1 and np.allclose(out, -want):
             raise AssertionError(
-                f"derivative_kernel({d}) has the wrong sign convention: it gives {-want:g} "
-                f"instead of {want:g} on a polynomial whose {d}-th derivative is {want:g}. The "
-                "result must be positive for increasing functions (degree 1: [[-1, 1]])."
+                f"derivative_kernel({d}) has the wrong sign convention: on a polynomial of "
+                f"degree {d} with leading coefficient {coeffs[0]:g} it gives {-want:g} instead "
+                f"of {want:g}. The result must be positive for increasing functions, so "
+                "derivative_kernel(1) is [[-1, 1]], computing f(x + 1) - f(x)."
             )
         assert np.allclose(out, want, atol=1e-6 * max(1.0, np.abs(np.polyval(coeffs, x)).max())), (
             f"derivative_kernel({d}) on samples of a polynomial of degree {d} should give "

@@ -9,6 +9,23 @@ import numpy as np
 import pytest
 
 import reference
+from grader.proxy import StudentCodeRaised
+
+KERAS3_WATCH = "not tf.Tensor or tf.Variable"
+
+
+def call_learn_kernel(student, *args, **kwargs):
+    """student.learn_kernel(...), explaining the Keras 3 `tape.watch` pitfall if it bites."""
+    try:
+        return student.learn_kernel(*args, **kwargs)
+    except StudentCodeRaised as exc:
+        if KERAS3_WATCH in exc.evalue:
+            raise AssertionError(
+                f"learn_kernel raised {exc.ename}: tape.watch(...) does not accept a Keras 3 "
+                "variable. Drop the watch call: the tape already watches trainable variables "
+                "(or watch conv.kernel.value)."
+            ) from None
+        raise
 
 
 def patches(X, kernel_size):
@@ -29,7 +46,7 @@ def fit(student, X, target, epochs):
     kernel_size = target.shape
     Y = np.asarray(reference.corr2d(X, target), dtype=np.float32)
     lr = safe_lr(X, kernel_size)
-    result = student.learn_kernel(X, Y, kernel_size=kernel_size, lr=lr, num_epochs=epochs)
+    result = call_learn_kernel(student, X, Y, kernel_size=kernel_size, lr=lr, num_epochs=epochs)
     assert isinstance(result, (tuple, list)) and len(result) == 2, (
         "learn_kernel must return a pair (kernel, losses)."
     )
@@ -86,8 +103,7 @@ def test_losses_follow_training(student, rng):
     target = np.array([[1.5, 0.5]], dtype=np.float32)
     _, losses = fit(student, X, target, 7)
     assert losses.size == 7, f"num_epochs=7 gave {losses.size} losses, expected 7."
-    assert np.all(np.isfinite(losses)), "the losses contain NaN or infinite values"
-    if losses[-1] > losses[0]:
+    if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
         raise AssertionError(
             f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}): the update goes "
             "uphill. Subtract lr * gradient from the kernel."

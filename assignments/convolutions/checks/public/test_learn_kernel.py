@@ -3,6 +3,24 @@
 import numpy as np
 import pytest
 
+from grader.proxy import StudentCodeRaised
+
+KERAS3_WATCH = "not tf.Tensor or tf.Variable"
+
+
+def call_learn_kernel(student, *args, **kwargs):
+    """student.learn_kernel(...), explaining the Keras 3 `tape.watch` pitfall if it bites."""
+    try:
+        return student.learn_kernel(*args, **kwargs)
+    except StudentCodeRaised as exc:
+        if KERAS3_WATCH in exc.evalue:
+            raise AssertionError(
+                f"learn_kernel raised {exc.ename}: tape.watch(...) does not accept a Keras 3 "
+                "variable. Drop the watch call: the tape already watches trainable variables "
+                "(or watch conv.kernel.value)."
+            ) from None
+        raise
+
 
 def chapter_data():
     X = np.ones((6, 8), dtype=np.float32)
@@ -13,7 +31,7 @@ def chapter_data():
 
 def run(student):
     X, Y = chapter_data()
-    result = student.learn_kernel(X, Y)
+    result = call_learn_kernel(student, X, Y)
     assert isinstance(result, (tuple, list)) and len(result) == 2, (
         "learn_kernel(X, Y) must return a pair (kernel, losses)."
     )
@@ -50,8 +68,7 @@ def test_losses_decrease(student):
     """learn_kernel records 10 losses that go down"""
     _, losses = run(student)
     assert losses.size == 10, f"got {losses.size} losses, expected one per epoch (10)."
-    assert np.all(np.isfinite(losses)), "the losses contain NaN or infinite values"
-    if losses[-1] > losses[0]:
+    if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
         raise AssertionError(
             f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}): the update goes "
             "uphill. Subtract lr * gradient from the kernel."
