@@ -20,9 +20,12 @@ from .errors import ConvgradeError, StaffError
 
 EPILOG = """\
 examples:
-  convgrade grade assignments/convolutions/examples --out /tmp/g
-  convgrade grade submissions.zip alice.ipynb --jobs 2 --cell-timeout 30
-  python -m grader grade my_notebook.ipynb
+  convgrade grade assignments/convolutions/examples --out /tmp/g   # grade a class
+  convgrade check my_notebook.ipynb                  # students: public checks only
+  convgrade assign assignments/convolutions          # build the student release
+  convgrade validate assignments/convolutions --junit v.xml   # CI on a solution repo
+  convgrade gradescope assignments/convolutions --out autograder.zip
+  convgrade report /tmp/g                            # report.html for a graded class
 
 exit codes: 0 all graded, 1 some submissions could not be graded,
             2 bad usage or assignment, 3 internal error in convgrade
@@ -128,6 +131,75 @@ def cmd_grade(args, out_stream, err_stream) -> int:
     return 0 if all(r.graded for r in results) else 1
 
 
+def cmd_check(args, out_stream, err_stream) -> int:
+    from .check import run_check, table
+
+    result = run_check(Path(args.notebook), args.assignment_opt)
+    out_stream.write(table(result))
+    return 0 if result.tests and all(t.status == "passed" for t in result.tests) else 1
+
+
+def cmd_assign(args, out_stream, err_stream) -> int:
+    from . import assignment as assignment_mod
+    from .plugin import collect_checks
+    from .release import build_release
+
+    asg = assignment_mod.load(args.assignment_dir)
+    checks = collect_checks(asg)
+    err_stream.write("grading the solution and the generated student notebook...\n")
+    nb_path, zip_path = build_release(asg, Path(args.release_out), checks)
+    out_stream.write(f"student notebook: {nb_path}\nstudent release:  {zip_path}\n")
+    return 0
+
+
+def cmd_validate(args, out_stream, err_stream) -> int:
+    from . import assignment as assignment_mod
+    from .validate import validate, write_junit
+
+    asg = assignment_mod.load(args.assignment_dir)
+    items = validate(asg)
+    for item in items:
+        out_stream.write(f"{'ok  ' if item.ok else 'FAIL'}  {item.name}\n")
+        if not item.ok:
+            for line in item.message.splitlines()[:20]:
+                out_stream.write(f"      {line}\n")
+    failed = sum(not i.ok for i in items)
+    out_stream.write(f"\n{len(items) - failed} of {len(items)} passed\n")
+    if args.junit:
+        write_junit(Path(args.junit), items, f"convgrade-validate-{asg.name}")
+    return 0 if failed == 0 else 1
+
+
+def cmd_gradescope(args, out_stream, err_stream) -> int:
+    from . import assignment as assignment_mod
+    from .gradescope import build_autograder
+    from .plugin import collect_checks
+
+    asg = assignment_mod.load(args.assignment_dir)
+    collect_checks(asg)
+    path = build_autograder(asg.root, Path(args.autograder_out))
+    out_stream.write(f"Gradescope autograder: {path}\n")
+    return 0
+
+
+def cmd_report(args, out_stream, err_stream) -> int:
+    from .report import build_report
+
+    path = build_report(Path(args.grades_dir), Path(args.report_out) if args.report_out else None)
+    out_stream.write(f"report: {path}\n")
+    return 0
+
+
+def _sub(sub, name: str, help: str, description: str, example: str):
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convgrade",
@@ -167,6 +239,82 @@ def build_parser() -> argparse.ArgumentParser:
         "quiet",
     )
     g.set_defaults(handler=cmd_grade)
+
+    c = _sub(
+        sub,
+        "check",
+        "students: run the public checks on your notebook",
+        "Run your saved notebook in a fresh process and the assignment's public checks on "
+        "it; prints one row per check. Exit 0 when every public check passes, 1 otherwise. "
+        "Hidden checks are not needed and never shown. The assignment is the folder with "
+        "assignment.toml next to the notebook (the unpacked student zip), unless "
+        "--assignment says otherwise.",
+        "convgrade check convolutions/student.ipynb",
+    )
+    c.add_argument("notebook", metavar="NOTEBOOK", help="your .ipynb file (save it first)")
+    c.add_argument(
+        "--assignment",
+        "-a",
+        dest="assignment_opt",
+        metavar="NAME_OR_DIR",
+        help=options.OPTIONS["assignment"].help,
+    )
+    c.set_defaults(handler=cmd_check)
+
+    a = _sub(
+        sub,
+        "assign",
+        "instructors: build the student release from source.ipynb",
+        "Generate the student notebook (solutions stubbed, outputs cleared) and a zip with "
+        "it, assignment.toml and the public checks. Refuses (exit 2) when the solution "
+        "does not score the maximum, the student notebook scores above 0, or hidden "
+        "material would be released.",
+        "convgrade assign assignments/convolutions --out release/",
+    )
+    a.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
+    options.add(a, "release_out")
+    a.set_defaults(handler=cmd_assign)
+
+    v = _sub(
+        sub,
+        "validate",
+        "CI: check an assignment keeps every promise",
+        "Fail (exit 1) unless: checks collect and their points add up; the committed "
+        "student.ipynb is what `assign` generates; the release holds no hidden checks or "
+        "solution text; the solution scores the maximum; the student notebook scores 0 "
+        "without engine errors; every example scores what examples/expected.toml says.",
+        "convgrade validate assignments/convolutions --junit validate.xml",
+    )
+    v.add_argument(
+        "assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?", default="assignments/convolutions"
+    )
+    options.add(v, "junit")
+    v.set_defaults(handler=cmd_validate)
+
+    s = _sub(
+        sub,
+        "gradescope",
+        "instructors: build a Gradescope autograder zip",
+        "Write a zip with setup.sh, run_autograder, convgrade's source and the assignment "
+        "(hidden checks included; the solution notebook left out) to upload as a "
+        "Gradescope programming assignment's autograder.",
+        "convgrade gradescope assignments/convolutions --out autograder.zip",
+    )
+    s.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
+    options.add(s, "autograder_out")
+    s.set_defaults(handler=cmd_gradescope)
+
+    r = _sub(
+        sub,
+        "report",
+        "instructors: an HTML report of a graded class",
+        "Write report.html for a folder written by `convgrade grade`: score histogram, "
+        "pass rate per question, the most common failing checks, submissions not graded.",
+        "convgrade report grades/",
+    )
+    r.add_argument("grades_dir", metavar="GRADES_DIR")
+    options.add(r, "report_out")
+    r.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -126,6 +126,29 @@ OPTIONS: dict[str, Option] = {
         Option(
             ("--quiet", "-q"), "quiet", "no progress output", action="store_true", default=False
         ),
+        Option(
+            ("--out", "-o"),
+            "release_out",
+            "folder for the student notebook and the student zip",
+            default="release",
+            metavar="DIR",
+        ),
+        Option(
+            ("--out", "-o"),
+            "autograder_out",
+            "the Gradescope autograder zip to write",
+            default="autograder.zip",
+            metavar="ZIP",
+        ),
+        Option(
+            ("--out", "-o"),
+            "report_out",
+            "where to write the HTML report (default: GRADES_DIR/report.html)",
+            metavar="FILE",
+        ),
+        Option(
+            ("--junit",), "junit", "also write the results as JUnit XML (for CI)", metavar="FILE"
+        ),
     ]
 }
 

@@ -171,7 +171,10 @@ class Student:
             raise MissingName(f"your notebook does not define `{reply.get('name')}`")
         if kind == "raised":
             ename, evalue = str(reply.get("ename")), str(reply.get("evalue"))
-            raise StudentCodeRaised(f"`{label}` raised {ename}: {evalue}", ename, evalue)
+            text = f"`{label}` raised {ename}" + (f": {evalue}" if evalue else "")
+            if ename == "NotImplementedError":
+                text += " (this part is not written yet)"
+            raise StudentCodeRaised(text, ename, evalue)
         if kind == "not_plain":
             raise NotPlainData(
                 f"`{label}` is not an array or number (it is {reply.get('message')})"
