@@ -47,6 +47,7 @@ def grade_notebook(
     own = launcher is None
     if own:
         launcher = Launcher(
+            preload=asg.preload,
             warm=False,
             limits=WorkerLimits(memory_mib=memory_mib or int(lim.get("memory_mib", 2048))),
             hidden=(asg.root,),

@@ -14,6 +14,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assignments"
+# Libraries the worker zygote imports once, before forking workers (see launcher.py).
+DEFAULT_PRELOAD = ("numpy", "tensorflow", "IPython.core.interactiveshell", "matplotlib")
 LIMIT_KEYS = {"cell_timeout", "notebook_timeout", "call_timeout", "memory_mib"}
 
 
@@ -32,6 +34,7 @@ class Assignment:
     questions: tuple[Question, ...]
     limits: dict
     source: Path
+    preload: tuple[str, ...]
     student: Path
 
     @property
@@ -122,6 +125,12 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
             raise StaffError(
                 f"[limits] {key} must be a positive number {where}. Received: {value!r}"
             )
+    worker = data.get("worker", {})
+    preload = worker.get("preload", list(DEFAULT_PRELOAD)) if isinstance(worker, dict) else None
+    if not isinstance(preload, list) or not all(isinstance(m, str) for m in preload):
+        raise StaffError(
+            f"[worker] preload must be a list of module names {where}. Received: {preload!r}"
+        )
     public = root / "checks" / "public"
     hidden = root / "checks" / "hidden"
     if not public.is_dir() and not hidden.is_dir():
@@ -134,4 +143,5 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
         limits=dict(limits),
         source=root / str(meta.get("source", "source.ipynb")),
         student=root / str(meta.get("student", "student.ipynb")),
+        preload=tuple(preload),
     )

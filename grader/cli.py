@@ -107,6 +107,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
                 f"no notebooks (*.ipynb) found in {' '.join(args.paths)}; nothing to grade."
             )
         launcher = Launcher(
+            preload=asg.preload,
             warm=not args.fresh_workers,
             limits=WorkerLimits(memory_mib=memory),
             hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),

@@ -29,12 +29,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .assignment import DEFAULT_PRELOAD
 from .client import WorkerProcess
 from .errors import GraderBug
 
 WORKER_PKG = Path(__file__).resolve().parent / "worker"
 MOUNT_ROOT = "/opt/convgrade"
-DEFAULT_PRELOAD = ("numpy", "tensorflow", "IPython.core.interactiveshell", "matplotlib")
 _SYSTEM_DIRS = ("/usr", "/etc")
 
 

@@ -34,6 +34,30 @@ def _answer_question(cell) -> str | None:
     return None
 
 
+def _malformed(nb) -> str | None:
+    """What breaks the structure the loader relies on (JSON objects where objects belong)."""
+    metadata = nb.get("metadata", {})
+    if not isinstance(metadata, dict):
+        return "its metadata is not a JSON object"
+    for key in ("kernelspec", "language_info"):
+        if not isinstance(metadata.get(key) or {}, dict):
+            return f"metadata.{key} is not a JSON object"
+    for number, cell in enumerate(nb.cells, 1):
+        if not isinstance(cell, dict):
+            return f"cell {number} is not a JSON object"
+        cell_metadata = cell.get("metadata", {})
+        if not isinstance(cell_metadata, dict):
+            return f"the metadata of cell {number} is not a JSON object"
+        if not isinstance(cell_metadata.get("tags") or [], list):
+            return f"the tags of cell {number} are not a list"
+        source = cell.get("source", "")
+        if not isinstance(source, str) and not (
+            isinstance(source, list) and all(isinstance(s, str) for s in source)
+        ):
+            return f"the source of cell {number} is not text"
+    return None
+
+
 def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
     """Load and sanity-check a submission.
 
@@ -49,10 +73,15 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
     if size > max_mib * 1024 * 1024:
         raise SubmissionProblem(
             "too_large",
-            f"the notebook file is {size / 2**20:.0f} MiB; the limit is {max_mib} MiB. Clear all "
+            f"the notebook file is {size / 2**20:.1f} MiB; the limit is {max_mib} MiB. Clear all "
             "outputs (Edit > Clear Outputs of All Cells), save and submit again.",
         )
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # e.g. a folder named *.ipynb, or the file vanished
+        raise SubmissionProblem(
+            "unreadable", f"the file could not be read ({exc.strerror})"
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -97,6 +126,11 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
             raise SubmissionProblem("not_notebook", f"the notebook is malformed: {exc}") from None
     if not isinstance(nb.get("cells"), list):
         raise SubmissionProblem("not_notebook", "the notebook's 'cells' is not a list.")
+    if problem := _malformed(nb):
+        raise SubmissionProblem(
+            "not_notebook",
+            f"the notebook is malformed: {problem}. Submit the .ipynb file that Jupyter saved.",
+        )
     language = (
         (nb.get("metadata", {}).get("kernelspec") or {}).get("language")
         or (nb.get("metadata", {}).get("language_info") or {}).get("name")

@@ -164,7 +164,8 @@ def add(parser: argparse.ArgumentParser, *names: str) -> None:
             kwargs["metavar"] = o.metavar
         # None marks "not given", so the assignment's [limits] can fill it in.
         kwargs["default"] = None if o.limit_key else o.default
-        if o.limit_key or o.default not in (None, False):
+        # A help text may state its default in words, e.g. "(default: number of cores)".
+        if "(default:" not in o.help and (o.limit_key or o.default not in (None, False)):
             kwargs["help"] += f" (default: {o.default}" + (
                 ", or the assignment's [limits])" if o.limit_key else ")"
             )

@@ -139,6 +139,7 @@ def grade_reference_notebooks(
         )
     )
     launcher = Launcher(
+        preload=asg.preload,
         warm=True,
         limits=WorkerLimits(memory_mib=int(lim.get("memory_mib", 2048))),
         hidden=(asg.root,),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import stat
+import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -19,6 +21,8 @@ MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_MEMBER_BYTES = 200 * 1024 * 1024
 MAX_ZIP_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
 _SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
+# Files that writers put at the top of --out, next to one folder per submission id.
+RESERVED_IDS = frozenset({"grades.csv", "submissions.csv", "manual.csv"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ def _scan_dir(root: Path) -> list[tuple[str, str, Path | None, SubmissionProblem
         if any(part in _SKIP_PARTS for part in path.parts):
             continue
         rel = path.relative_to(root)
+        if path.is_dir() and not path.is_symlink():  # a folder named like a notebook
+            continue
         if path.is_symlink() or any(p.is_symlink() for p in path.parents if root in p.parents):
             target = path.resolve()
             if real_root not in target.parents:
@@ -89,7 +95,9 @@ def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
                 )
             ]
         total = 0
-        target_root = dest / _clean_id(archive.stem)
+        dest.mkdir(parents=True, exist_ok=True)
+        # A fresh folder per archive: two archives with the same name must not mix members.
+        target_root = Path(tempfile.mkdtemp(prefix=_clean_id(archive.stem) + "-", dir=dest))
         for info in sorted(members, key=lambda m: m.filename):
             name = info.filename
             if info.is_dir() or not name.endswith(".ipynb"):
@@ -122,13 +130,28 @@ def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
                 continue
             out = target_root.joinpath(*pure.parts)
             out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(out, "wb") as dst:
-                copied = 0
-                while chunk := src.read(1 << 20):
-                    copied += len(chunk)
-                    if copied > MAX_ZIP_MEMBER_BYTES:  # the header may lie about the size
-                        break
-                    dst.write(chunk)
+            try:
+                with zf.open(info) as src, open(out, "wb") as dst:
+                    copied = 0
+                    while chunk := src.read(1 << 20):
+                        copied += len(chunk)
+                        if copied > MAX_ZIP_MEMBER_BYTES:  # the header may lie about the size
+                            break
+                        dst.write(chunk)
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                RuntimeError,
+                NotImplementedError,
+            ) as exc:
+                # corrupt data, a bad CRC, a password or an unsupported compression method
+                out.unlink(missing_ok=True)
+                problem = SubmissionProblem(
+                    "bad_archive", f"the archive entry {name!r} could not be extracted ({exc})."
+                )
+                found.append((sub_id, origin, None, problem))
+                continue
             if copied > MAX_ZIP_MEMBER_BYTES:
                 out.unlink()
                 problem = SubmissionProblem(
@@ -161,12 +184,22 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
                 f"{path} is not a notebook (.ipynb), a folder or a .zip archive of notebooks."
             )
     raw.sort(key=lambda r: (_clean_id(r[0]), r[1]))
-    seen: dict[str, int] = {}
+    # Every plain id is kept for the first submission that has it; a duplicate gets the first
+    # free "-2", "-3"... so it can collide neither with another stem (say "hw-2") nor with the
+    # files that sit next to the submission folders in --out.
+    taken = {_clean_id(r[0]) for r in raw} | RESERVED_IDS
+    first: set[str] = set()
     subs = []
     for stem, origin, path, problem in raw:
         base = _clean_id(stem)
-        n = seen.get(base, 0) + 1
-        seen[base] = n
-        sub_id = base if n == 1 else f"{base}-{n}"
+        if base not in first and base not in RESERVED_IDS:
+            first.add(base)
+            sub_id = base
+        else:
+            n = 2
+            while f"{base}-{n}" in taken:
+                n += 1
+            sub_id = f"{base}-{n}"
+            taken.add(sub_id)
         subs.append(Submission(sub_id, origin, path, problem))
     return sorted(subs, key=lambda s: s.id)

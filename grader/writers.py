@@ -19,6 +19,16 @@ from .results import SubmissionResult
 GRADESCOPE_VISIBILITY = {"visible": "visible", "hidden": "after_published"}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which is not thread-safe.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -27,6 +37,7 @@ def atomic_write(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes it owner-only; give it a new file's mode
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -147,5 +158,5 @@ def load_result(out: Path, submission_id: str) -> SubmissionResult | None:
     path = out / submission_id / "result.json"
     try:
         return SubmissionResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -20,15 +20,21 @@ import socket
 import struct
 
 # Student code may replace builtins (e.g. isinstance); this module keeps the originals.
-from builtins import (  # noqa: E402
+from builtins import (  # noqa: E402, UP029
     bool,
+    dict,
     float,
+    int,
+    isinstance,
     len,
+    list,
+    str,
     tuple,
     type,
 )
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 MAX_BLOB_BYTES = 64 * 1024 * 1024
@@ -82,14 +88,15 @@ def encode(value, blobs: list[bytes], depth: int = 0):
     if isinstance(value, float):
         if math.isfinite(value):
             return value
-        return {"$float": repr(value)}
+        return {"$float": repr(float(value))}  # np.float64's repr is "np.float64(nan)"
     if isinstance(value, Handle):
         return {"$handle": value.id}
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _OK_KINDS:
             raise TypeError(f"arrays of dtype {value.dtype} cannot be sent")
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+        # np.asarray, not np.ascontiguousarray: that one turns a 0-d array into shape (1,).
+        np.save(buf, np.asarray(value, order="C"), allow_pickle=False)
         blobs.append(buf.getvalue())
         return {"$nd": len(blobs) - 1}
     if isinstance(value, np.generic):
@@ -118,7 +125,7 @@ def decode(data, blobs: list[np.ndarray], depth: int = 0):
         if len(data) == 1:
             ((key, inner),) = data.items()
             if key == "$nd":
-                if not isinstance(inner, int) or not 0 <= inner < len(blobs):
+                if type(inner) is not int or not 0 <= inner < len(blobs):
                     raise ProtocolError(f"bad array reference {inner!r}")
                 return blobs[inner]
             if key == "$tuple":
@@ -126,7 +133,7 @@ def decode(data, blobs: list[np.ndarray], depth: int = 0):
                     raise ProtocolError("bad tuple")
                 return tuple(decode(v, blobs, depth + 1) for v in inner)
             if key == "$handle":
-                if not isinstance(inner, int):
+                if type(inner) is not int:
                     raise ProtocolError("bad handle")
                 return Handle(inner)
             if key == "$float":
@@ -138,8 +145,26 @@ def decode(data, blobs: list[np.ndarray], depth: int = 0):
 
 
 def _load_npy(raw: bytes) -> np.ndarray:
+    fp = io.BytesIO(raw)
     try:
-        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        # Check the .npy header against the bytes received before np.load allocates the
+        # array: a 100-byte payload could otherwise claim a shape of many gigabytes.
+        version = npy_format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f".npy format version {version} is not accepted")
+        if dtype.kind not in _OK_KINDS:
+            raise ProtocolError(f"array payload has a forbidden dtype ({dtype})")
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != len(raw) - fp.tell():
+            raise ValueError(f"header says {expected} bytes of data, got {len(raw) - fp.tell()}")
+        fp.seek(0)
+        arr = np.load(fp, allow_pickle=False)
+    except ProtocolError:
+        raise
     except Exception as exc:  # any malformed payload is the peer's fault
         raise ProtocolError(f"malformed array payload: {exc}") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in _OK_KINDS:
