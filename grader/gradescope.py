@@ -30,6 +30,7 @@ hidden from students) says which happened.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import stat
@@ -237,14 +238,21 @@ def _grade(notebook: Path, asg: Assignment, root: Path) -> SubmissionResult:
     from .launcher import Launcher, WorkerLimits
 
     hidden = (root / "source", root / "results")
-    limits = WorkerLimits(memory_mib=int(asg.limits.get("memory_mib", 2048)))
-    launcher = Launcher(warm=False, limits=limits, hidden=hidden)
+    # one submission per container, so a warm zygote would save nothing
+    make = functools.partial(
+        Launcher,
+        warm=False,
+        preload=asg.preload,
+        limits=WorkerLimits(memory_mib=int(asg.limits.get("memory_mib", 2048))),
+        hidden=hidden,
+    )
+    launcher = make()
     if launcher.sandbox:
         ok, why = sandbox_works(hidden)
         if not ok:
             print(f"convgrade: bubblewrap cannot start here ({why}); grading unsandboxed")
             launcher.close()
-            launcher = Launcher(warm=False, limits=limits, hidden=hidden, force_unsandboxed=True)
+            launcher = make(force_unsandboxed=True)
     try:
         return grade_notebook(notebook, asg.root, launcher=launcher)
     finally:

@@ -51,6 +51,8 @@ class Row:
 
 @dataclass(frozen=True)
 class QuestionStat:
+    """How the scored submissions did on one question of assignment.toml."""
+
     question: str
     max_score: float
     mean: float
@@ -59,6 +61,8 @@ class QuestionStat:
 
 @dataclass(frozen=True)
 class FailingCheck:
+    """A check that failed ``failed`` times out of ``seen``, with its most frequent message."""
+
     question: str
     name: str
     visibility: str
@@ -145,18 +149,18 @@ def load_rows(grades_dir: Path) -> tuple[list[Row], tuple[str, ...]]:
 
 def _number(text: str | None) -> float:
     try:
-        value = float(text or "nan")
+        return float(text or "nan")
     except ValueError:
         return math.nan
-    return value
 
 
 def _result_for(grades_dir: Path, submission: str) -> SubmissionResult | None:
     # grades.csv may have been edited by hand: never follow an id out of the folder
-    target = (grades_dir / submission).resolve()
-    if not submission or target.parent != grades_dir.resolve():
+    try:
+        inside = (grades_dir / submission).resolve().parent == grades_dir.resolve()
+    except (OSError, ValueError):  # e.g. a NUL byte in the id
         return None
-    return load_result(grades_dir, submission)
+    return load_result(grades_dir, submission) if submission and inside else None
 
 
 def summarize(grades_dir: Path, rows: list[Row], question_ids: tuple[str, ...]) -> Summary:
@@ -191,8 +195,8 @@ def summarize(grades_dir: Path, rows: list[Row], question_ids: tuple[str, ...]) 
 def _question_stats(scored: list[Row], question_ids: tuple[str, ...]) -> tuple[QuestionStat, ...]:
     stats = []
     for q in question_ids:
-        maxima = [r.result.question_scores[q][1] for r in scored if r.result]
-        maxima = [m for m in maxima if m > 0] if maxima else []
+        maxima = [r.result.question_scores.get(q, (0.0, 0.0))[1] for r in scored if r.result]
+        maxima = [m for m in maxima if m > 0]
         points = [r.question_scores[q] for r in scored if math.isfinite(r.question_scores[q])]
         # without any result.json the best observed score is the best guess at the maximum
         q_max = max(maxima) if maxima else max(points, default=0.0)
@@ -234,6 +238,7 @@ def _png(fig: Figure) -> str:
 
 
 def histogram_png(scores: tuple[float, ...], max_score: float) -> str:
+    """A histogram of the scores, one bar per point when there are few points."""
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.add_subplot()
     if scores:
@@ -252,6 +257,7 @@ def histogram_png(scores: tuple[float, ...], max_score: float) -> str:
 
 
 def questions_png(questions: tuple[QuestionStat, ...]) -> str:
+    """Per question: the share of full marks and the mean share of points, as bars."""
     fig = Figure(figsize=(6.4, 1.4 + 0.45 * max(1, len(questions))), layout="constrained")
     ax = fig.add_subplot()
     names = [q.question for q in questions]
@@ -270,6 +276,7 @@ def questions_png(questions: tuple[QuestionStat, ...]) -> str:
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple], empty: str) -> str:
+    """An HTML table; every cell is escaped here, so callers pass raw text."""
     if not rows:
         return f"<p class='empty'>{html.escape(empty)}</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
