@@ -19,7 +19,7 @@ from . import __version__, writers
 from .assignment import Assignment
 from .grading import GradeOptions, Prepared, executed_notebook, fingerprint, finish, prepare
 from .launcher import Launcher
-from .plugin import CheckInfo
+from .plugin import BatchPlugin, CheckInfo, check_dirs, run_pytest
 from .results import SubmissionResult
 from .submissions import Submission
 
@@ -77,10 +77,11 @@ def grade_batch(
     threads = [threading.Thread(target=run, daemon=True) for _ in range(max(1, jobs))]
     for t in threads:
         t.start()
-    for _ in range(len(todo)):
-        prep, slot = ready.get()
+
+    def handle(prep: Prepared, slot: int, run_checks) -> None:
+        nonlocal done
         try:
-            result = finish(prep, assignment, checks, options, isolation)
+            result = finish(prep, assignment, checks, options, isolation, run_checks)
             result = _with_fingerprint(result, _fp(prep.submission, assignment, options))
             if out is not None:
                 writers.write_submission(out, result, executed_notebook(prep), assignment.title)
@@ -90,6 +91,19 @@ def grade_batch(
         done += 1
         if on_progress:
             on_progress(Progress(done, len(subs), result, False))
+
+    def serve(run_items) -> None:
+        for _ in range(len(todo)):
+            prep, slot = ready.get()
+            handle(prep, slot, run_items)
+
+    if todo:
+        plugin = BatchPlugin(assignment, serve)
+        run_pytest(plugin, check_dirs(assignment, options.include_hidden))
+        # If pytest itself failed before its run loop, grade what is left one by one.
+        while done < len(subs):
+            prep, slot = ready.get()
+            handle(prep, slot, None)
     for t in threads:
         t.join()
     ordered = [results[s.id] for s in subs]

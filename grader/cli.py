@@ -8,6 +8,7 @@ assignment (nothing was graded); 3 convgrade itself crashed (a bug: please repor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -325,8 +326,10 @@ def run(argv: list[str] | None = None, out_stream=None, err_stream=None) -> int:
     err_stream = err_stream or sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the usage error or help
+        # argparse prints help and usage errors itself: send them to our streams.
+        with contextlib.redirect_stdout(out_stream), contextlib.redirect_stderr(err_stream):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
         return int(exc.code or 0)
     if not getattr(args, "handler", None):
         parser.print_help(out_stream)

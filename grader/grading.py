@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,8 +124,13 @@ def finish(
     checks: list[CheckInfo],
     options: GradeOptions,
     isolation: str,
+    run_checks: Callable[[NotebookSession], tuple[list[CheckResult], str]] | None = None,
 ) -> SubmissionResult:
-    """Run the checks against a prepared submission (trusted process, one at a time)."""
+    """Run the checks against a prepared submission (trusted process, one at a time).
+
+    ``run_checks`` runs the collected checks against a live session; by default a fresh
+    pytest run does it (a batch reuses one pytest session for all submissions instead).
+    """
     sub = prep.submission
     fp = fingerprint(sub.path, assignment)
     base = dict(
@@ -145,13 +151,11 @@ def finish(
         if prep.bug:
             raise _Bug(prep.bug)
         session = prep.session
-        plugin = GradingPlugin(assignment, session)
         started = time.monotonic()
-        run_pytest(plugin, check_dirs(assignment, options.include_hidden))
+        tests, details = (run_checks or _pytest_once(assignment, options))(session)
         checks_duration = time.monotonic() - started
-        tests, details = plugin.results()
         if not tests:
-            raise _Bug("no check results: " + getattr(plugin, "output", "")[-3000:])
+            raise _Bug("no check results: " + details[-3000:])
         errors = _cell_errors(session, prep.notebook)
         if session.gave_up:
             errors.append(f"grading stopped early: {session.gave_up}")
@@ -193,6 +197,16 @@ def finish(
     finally:
         if prep.session is not None:
             prep.session.close()
+
+
+def _pytest_once(assignment: Assignment, options: GradeOptions):
+    def run(session: NotebookSession) -> tuple[list[CheckResult], str]:
+        plugin = GradingPlugin(assignment, session)
+        run_pytest(plugin, check_dirs(assignment, options.include_hidden))
+        tests, details = plugin.results()
+        return tests, details or getattr(plugin, "output", "")
+
+    return run
 
 
 class _Bug(Exception):

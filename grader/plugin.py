@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +166,36 @@ class GradingPlugin:
         return out, "\n".join(details)
 
 
+class BatchPlugin(GradingPlugin):
+    """Runs the collected checks once per submission inside ONE pytest session.
+
+    Starting pytest (plugins, configuration, importing every check module) costs seconds;
+    paying it once per batch instead of once per submission is most of the trusted side's
+    speed. Between submissions only the per-check outcomes are reset; check modules are
+    imported once, so checks must not keep state in module globals.
+    """
+
+    def __init__(self, assignment: Assignment, serve) -> None:
+        super().__init__(assignment)
+        self.serve = serve  # called with run_items; returns when the batch is done
+
+    def run_items(self, session) -> tuple[list[CheckResult], str]:
+        self.session = session
+        self.outcomes = {}
+        items = self._items
+        for i, item in enumerate(items):
+            nextitem = items[i + 1] if i + 1 < len(items) else None
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        self.session = None
+        return self.results()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session):
+        self._items = [i for i in session.items if i.nodeid in self.infos]
+        self.serve(self.run_items)
+        return True
+
+
 def _seed(nodeid: str) -> int:
     return int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:8], "big")
 
@@ -218,10 +250,35 @@ def check_dirs(assignment: Assignment, include_hidden: bool) -> list[Path]:
 
 def run_pytest(plugin: GradingPlugin, dirs: list[Path], collect_only: bool = False) -> int:
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        code = pytest.main(_pytest_args(plugin.assignment, dirs, collect_only), plugins=[plugin])
+    # Third-party plugins installed next to convgrade must not change how checks run.
+    saved = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            code = pytest.main(
+                _pytest_args(plugin.assignment, dirs, collect_only), plugins=[plugin]
+            )
+    finally:
+        _forget_check_modules(plugin.assignment.root)
+        if saved is None:
+            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+        else:
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = saved
     plugin.output = buf.getvalue()
     return int(code)
+
+
+def _forget_check_modules(root: Path) -> None:
+    """Unload check modules, so another assignment's same-named files are imported anew."""
+    root = root.resolve()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        try:
+            inside = file is not None and root in Path(file).resolve().parents
+        except (OSError, ValueError):
+            inside = False
+        if inside:
+            del sys.modules[name]
 
 
 def collect_checks(assignment: Assignment, include_hidden: bool = True) -> list[CheckInfo]:

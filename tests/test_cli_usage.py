@@ -158,11 +158,6 @@ def test_version(cli):
     assert (result.code, result.output.strip()) == (0, f"convgrade {__version__}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="argparse prints help and usage errors to sys.stdout/sys.stderr, not to the "
-    "out_stream/err_stream given to run()",
-)
 def test_help_and_usage_errors_go_to_the_streams_given_to_run(capsys):
     out, err = io.StringIO(), io.StringIO()
 

@@ -19,7 +19,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _KEPT_MIME = ("text/plain", "text/html", "text/markdown", "image/png", "image/svg+xml")
 
 
-def _restore_builtins(before: dict) -> list[str]:
+def restore_builtins(before: dict) -> list[str]:
     """Put back builtins a cell replaced: the worker's own machinery relies on them."""
     current = vars(builtins)
     changed = [k for k, v in before.items() if current.get(k) is not v]
@@ -186,7 +186,7 @@ class CellRunner:
             self._error = {"ename": "KeyboardInterrupt", "evalue": "interrupted", "traceback": ""}
         finally:
             sys.stdout, sys.stderr = saved
-            restored = _restore_builtins(builtins_before)
+            restored = restore_builtins(builtins_before)
         if restored:
             err.write(
                 "[convgrade: replaced Python builtins were put back after this cell: "

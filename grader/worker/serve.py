@@ -8,15 +8,21 @@ bytes of a real array reach the grader, where the comparison happens.
 
 from __future__ import annotations
 
+import builtins
 import traceback
 
 # Student code may replace builtins (e.g. isinstance); this module keeps the originals.
-from builtins import (  # noqa: E402
+from builtins import (  # noqa: E402, UP029
     bool,
     callable,
+    dict,
     float,
     getattr,
+    int,
+    isinstance,
     len,
+    list,
+    str,
     tuple,
     type,
 )
@@ -24,7 +30,7 @@ from builtins import (  # noqa: E402
 import numpy as np
 
 from . import protocol
-from .executor import strip_ansi
+from .executor import restore_builtins, strip_ansi
 
 MAX_HANDLES = 10_000
 MAX_STR = 1_000_000
@@ -204,6 +210,7 @@ class Server:
                 self.channel.send({"ok": True})
                 return
             handler = getattr(self, f"op_{op}", None)
+            builtins_before = dict(vars(builtins))
             try:
                 if handler is None:
                     reply = {"ok": False, "kind": "usage", "message": f"unknown op {op!r}"}
@@ -221,6 +228,8 @@ class Server:
                         "ename": "Exception",
                         "evalue": "(an exception that could not be printed)",
                     }
+            # A call from a check may have replaced builtins (json, traceback rely on them).
+            restore_builtins(builtins_before)
             try:
                 self.channel.send(reply)
             except TypeError as exc:  # reply not encodable (e.g. too large)
