@@ -110,7 +110,7 @@ def test_gradients_reach_weight_and_bias(student, rng):
     # The loss is linear in the kernel: its gradient entry (a, b) is the loss of a kernel
     # that is 1 at (a, b) and 0 elsewhere, with the student's own corr2d if it differs.
     want = ref(X, U)
-    if not np.allclose(gw, want, atol=1e-3, rtol=1e-3):
+    if gw.shape != want.shape or not np.allclose(gw, want, atol=1e-3, rtol=1e-3):
         basis = np.eye(W.size, dtype=np.float32).reshape(W.size, *W.shape)
         own = [own_corr(student, X, E) for E in basis]
         if any(o is None or o.shape != U.shape for o in own) or not np.allclose(

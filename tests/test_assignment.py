@@ -1,0 +1,282 @@
+"""The convolutions assignment: its files agree with each other, and its checks tell right from
+wrong.
+
+Fast tests read files only. The slow ones grade every fixture notebook of
+``tests/fixtures/mistakes`` and every example submission once, in real workers, and check
+each against the score table below: a notebook with one typical mistake loses exactly the
+points written here (and nothing else), and the feedback names the mistake.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader.stubs import make_student_notebook
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSIGNMENT = ROOT / "assignments" / "convolutions"
+MISTAKES = ROOT / "tests" / "fixtures" / "mistakes"
+QUESTIONS = {
+    "corr2d": 6,
+    "conv2d": 5,
+    "edges": 4,
+    "learn_kernel": 5,
+    "diagonal": 5,
+    "gradient": 4,
+    "matmul": 5,
+    "kernels": 6,
+}
+MAX_SCORE = sum(QUESTIONS.values())
+
+# fixture stem -> ({question: points lost}, regex that a failed check's message must match)
+EXPECTED = {
+    "mistake_01_flipped_kernel": (
+        {"corr2d": 5, "edges": 2},
+        r"looks like true convolution: the kernel is flipped",
+    ),
+    "mistake_02_shape_off_by_one": (
+        {"corr2d": 6, "edges": 2},
+        r"output shape is off by one",
+    ),
+    "mistake_03_height_width_swapped": (
+        {"corr2d": 5, "edges": 2},
+        r"height and width are mixed up",
+    ),
+    "mistake_04_hard_coded_corr2d": (
+        # The layer built on it passes its output checks (errors carried forward) but
+        # cannot learn: a constant output has no gradient.
+        {"corr2d": 5, "edges": 2, "conv2d": 2},
+        r"looks hard-coded",
+    ),
+    "mistake_05_conv2d_without_bias": (
+        {"conv2d": 3},
+        r"ignores the bias",
+    ),
+    "mistake_06_conv2d_on_loop_corr2d": (
+        {"conv2d": 2},
+        r"gradient for `weight` is None: your corr2d blocks gradients",
+    ),
+    "mistake_07_learn_kernel_returns_answer": (
+        {"learn_kernel": 2},
+        r"returned \[\[1, -1\]\] for data made with a different kernel",
+    ),
+    "mistake_08_learn_kernel_ascends": (
+        {"learn_kernel": 5},
+        r"the losses increase .* the update goes uphill",
+    ),
+    "mistake_09_kernel_matrix_transposed": (
+        {"matmul": 3},
+        r"it is transposed",
+    ),
+    "mistake_09b_kernel_matrix_column_major": (
+        {"matmul": 3},
+        r"flattens column by column \(Fortran order\)",
+    ),
+    "mistake_10_derivative_kernel_sign": (
+        {"kernels": 3},
+        r"wrong sign convention",
+    ),
+    "mistake_10b_derivative_kernel_size": (
+        {"kernels": 3},
+        r"wrong size|needs a kernel of shape \(1, 2\)",
+    ),
+    "mistake_11_chapter_code_pasted": (
+        # The chapter's corr2d is right but fails on integer arrays; its Conv2D takes no
+        # kernel_size; its learning cell raises on Keras 3, so learn_kernel never exists.
+        {"corr2d": 1, "conv2d": 5, "learn_kernel": 5},
+        r"raised \w+ on integer arrays",
+    ),
+}
+PYTEST_STARTUP = 1.5  # seconds of checks_duration spent before the first check runs
+CORRECT_CORR2D = ["correct_corr2d_numpy", "correct_corr2d_tf_nn", "correct_corr2d_loops"]
+
+
+def load_source() -> nbformat.NotebookNode:
+    return nbformat.read(str(ASSIGNMENT / "source.ipynb"), as_version=4)
+
+
+# --- fast: the files agree ---------------------------------------------------------------
+
+
+def test_student_notebook_is_generated_from_source():
+    committed = (ASSIGNMENT / "student.ipynb").read_text()
+    generated = nbformat.writes(make_student_notebook(load_source()))
+    assert committed.strip() == generated.strip(), (
+        "assignments/convolutions/student.ipynb is stale: run "
+        "python -m grader.stubs assignments/convolutions/source.ipynb "
+        "assignments/convolutions/student.ipynb"
+    )
+
+
+def test_fixtures_are_built_from_source(tmp_path):
+    """make_mistakes.py run now gives the committed fixture and example notebooks."""
+    spec = importlib.util.spec_from_file_location("make_mistakes", MISTAKES / "make_mistakes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(tmp_path / "mistakes", tmp_path / "examples")
+    pairs = [(p, MISTAKES / p.name) for p in (tmp_path / "mistakes").glob("*.ipynb")]
+    pairs += [
+        (p, ASSIGNMENT / "examples" / p.name) for p in (tmp_path / "examples").glob("*.ipynb")
+    ]
+    stale = [
+        str(c.relative_to(ROOT))
+        for p, c in pairs
+        if not c.exists() or p.read_bytes() != c.read_bytes()
+    ]
+    assert not stale, f"run python tests/fixtures/mistakes/make_mistakes.py and commit: {stale}"
+
+
+def test_assignment_toml_lists_the_questions_and_points():
+    config = tomllib.loads((ASSIGNMENT / "assignment.toml").read_text())
+    points = {qid: q["points"] for qid, q in config["questions"].items()}
+    assert points == QUESTIONS
+    assert all(q.get("title") for q in config["questions"].values())
+
+
+def test_student_notebook_states_the_total():
+    text = "\n".join(c.source for c in load_source().cells if c.cell_type == "markdown")
+    assert f"**Total: {MAX_SCORE} points.**" in text
+    for qid, points in QUESTIONS.items():
+        assert re.search(rf"\| `{qid}` \| {points} \|", text), qid
+
+
+def test_answer_cells_are_tagged_for_the_exercises():
+    tags = {
+        t
+        for c in nbformat.read(str(ASSIGNMENT / "student.ipynb"), as_version=4).cells
+        for t in c.metadata.get("tags", [])
+    }
+    assert {"answer:diagonal", "answer:gradient", "answer:matmul", "answer:kernels"} <= tags
+    assert "solution" not in tags
+
+
+def test_check_points_add_up_to_assignment_toml():
+    """Every check has points; per question they sum to assignment.toml (as the engine wants)."""
+    totals: dict[str, int] = {}
+    for path in sorted((ASSIGNMENT / "checks").glob("*/test_*.py")):
+        question = max((q for q in QUESTIONS if path.stem.startswith(f"test_{q}")), key=len)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                marks = [
+                    d
+                    for d in node.decorator_list
+                    if isinstance(d, ast.Call) and ast.unparse(d.func) == "pytest.mark.points"
+                ]
+                assert len(marks) == 1, f"{path.name}::{node.name} needs one points marker"
+                totals[question] = totals.get(question, 0) + marks[0].args[0].value
+    assert totals == QUESTIONS
+
+
+def test_public_checks_do_not_use_reference():
+    for path in (ASSIGNMENT / "checks" / "public").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(m and m.split(".")[0] == "reference" for m in modules), path.name
+
+
+def test_expected_toml_names_every_example():
+    expected = tomllib.loads((ASSIGNMENT / "examples" / "expected.toml").read_text())
+    stems = {p.stem for p in (ASSIGNMENT / "examples").glob("*.ipynb")}
+    assert set(expected) == stems
+
+
+def test_fixture_table_covers_every_mistake_notebook():
+    stems = {p.stem for p in MISTAKES.glob("*.ipynb")}
+    assert stems == set(EXPECTED) | set(CORRECT_CORR2D)
+
+
+# --- slow: grading in real workers --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graded():
+    """Grade every fixture, example and the source notebook once; stem -> SubmissionResult."""
+    from grader.api import grade_notebook
+    from grader.assignment import load
+    from grader.launcher import Launcher
+
+    paths = [ASSIGNMENT / "source.ipynb", ASSIGNMENT / "student.ipynb"]
+    paths += sorted(MISTAKES.glob("*.ipynb")) + sorted((ASSIGNMENT / "examples").glob("*.ipynb"))
+    launcher = Launcher(hidden=(load(ASSIGNMENT).root,))
+    try:
+        return {p.stem: grade_notebook(p, ASSIGNMENT, launcher=launcher) for p in paths}
+    finally:
+        launcher.close()
+
+
+def lost_points(result) -> dict[str, float]:
+    return {q: m - s for q, (s, m) in result.question_scores.items() if s != m}
+
+
+def failure_messages(result) -> str:
+    return "\n".join(t.message for t in result.tests if t.status == "failed")
+
+
+@pytest.mark.slow
+def test_solution_scores_the_maximum(graded):
+    result = graded["source"]
+    assert result.status == "graded"
+    assert (result.score, result.max_score) == (MAX_SCORE, MAX_SCORE), failure_messages(result)
+
+
+@pytest.mark.slow
+def test_solution_is_fast(graded):
+    """Student code (every cell but the imports) plus checks stay small once TF is loaded.
+
+    The budget is 2 s for the notebook's cells and the checks' own work. The engine's
+    ``checks_duration`` also holds pytest's start-up and collection (about 1.3 s here), so the
+    bound below adds that allowance.
+    """
+    execution = graded["source"].execution
+    cells = sum(c.duration for c in execution.cells[1:])
+    assert cells < 1.0, cells
+    assert cells + execution.checks_duration < 2.0 + PYTEST_STARTUP, (
+        cells,
+        execution.checks_duration,
+    )
+
+
+@pytest.mark.slow
+def test_untouched_template_scores_zero_without_engine_error(graded):
+    result = graded["student"]
+    assert result.status == "graded"
+    assert result.score == 0 and result.max_score == MAX_SCORE
+    assert all(t.status == "failed" and t.message for t in result.tests)
+    assert not any("autograder" in t.message.lower() for t in result.tests)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_mistake_loses_exactly_its_points_and_is_named(graded, stem):
+    lost, pattern = EXPECTED[stem]
+    result = graded[stem]
+    assert result.status == "graded"
+    assert lost_points(result) == lost, failure_messages(result)
+    assert re.search(pattern, failure_messages(result)), failure_messages(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", CORRECT_CORR2D)
+def test_correct_corr2d_variants_earn_full_corr2d_points(graded, stem):
+    score, maximum = graded[stem].question_scores["corr2d"]
+    assert score == maximum, failure_messages(graded[stem])
+
+
+@pytest.mark.slow
+def test_examples_score_as_expected(graded):
+    expected = tomllib.loads((ASSIGNMENT / "examples" / "expected.toml").read_text())
+    got = {stem: graded[stem].score for stem in expected}
+    assert got == expected
