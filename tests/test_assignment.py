@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from grader.stubs import make_student_notebook
@@ -196,6 +197,74 @@ def test_expected_toml_names_every_example():
 def test_fixture_table_covers_every_mistake_notebook():
     stems = {p.stem for p in MISTAKES.glob("*.ipynb")}
     assert stems == set(EXPECTED) | set(CORRECT_CORR2D)
+
+
+# --- the probes checks run inside the worker (called here in-process) -------------------
+
+
+@pytest.fixture(scope="module")
+def probes():
+    pytest.importorskip("tensorflow")
+    from grader.worker import probes
+
+    return probes
+
+
+def _layers():
+    import reference
+
+    good = reference.Conv2D((2, 3))
+    loop = reference.Conv2D((2, 3), corr=reference.corr2d_loop)
+    X = np.arange(20, dtype=np.float32).reshape(4, 5) / 10
+    for layer in (good, loop):
+        layer(X)
+        layer.weight.assign(np.ones((2, 3), np.float32))
+        layer.bias.assign(np.array([0.5], np.float32))
+    return good, loop, X
+
+
+def test_probe_layer_gradients(probes):
+    import reference
+
+    good, loop, X = _layers()
+    U = np.linspace(-1, 1, 9, dtype=np.float32).reshape(3, 3)
+    grads = probes.layer_gradients(good, X, U)
+    np.testing.assert_allclose(grads["weight"], reference.corr2d(X, U), atol=1e-5)
+    np.testing.assert_allclose(grads["bias"], [U.sum()], atol=1e-5)
+    np.testing.assert_allclose(grads["output"], reference.corr2d(X, np.ones((2, 3))) + 0.5)
+    grads = probes.layer_gradients(loop, X)
+    assert grads["weight"] is None
+    np.testing.assert_allclose(grads["bias"], [9.0])
+
+
+def test_probe_sgd_step_and_layer_info(probes):
+    good, loop, X = _layers()
+    Y = np.zeros((3, 3), np.float32)
+    step = probes.sgd_step(good, X, Y, 0.001)
+    assert step["error"] is None and step["no_gradient"] == []
+    assert not np.allclose(step["weight"], 1.0) and step["loss"] > 0
+    step = probes.sgd_step(loop, X, Y, 0.001)
+    assert step["no_gradient"] == ["weight"] and "Gradients do not exist" in step["warning"]
+    np.testing.assert_allclose(step["weight"], 1.0)
+    info = probes.layer_info(good)
+    assert info["is_keras_layer"] and info["has_weight"] and info["has_bias"]
+    assert sorted(tuple(s) for _, s in info["trainable"]) == [(1,), (2, 3)]
+    assert probes.layer_info(object())["is_keras_layer"] is False
+    assert set(probes.__all__) == {"corr_gradient", "layer_gradients", "layer_info", "sgd_step"}
+
+
+def test_probe_corr_gradient(probes):
+    import reference
+
+    X = np.arange(12, dtype=np.float32).reshape(3, 4)
+    K = np.ones((2, 2), np.float32)
+    np.testing.assert_allclose(
+        probes.corr_gradient(reference.corr2d, X, K)["kernel"],
+        reference.corr2d(X, np.ones((2, 3))),
+    )
+    assert probes.corr_gradient(reference.corr2d_loop, X, K) == {"kernel": None, "error": None}
+    broken = probes.corr_gradient(lambda X, K: 1 / 0, X, K)
+    assert broken["kernel"] is None and broken["error"].startswith("ZeroDivisionError")
 
 
 # --- slow: grading in real workers --------------------------------------------------------
