@@ -6,4 +6,10 @@ pytest checks run here, in the trusted process, and reach student code only thro
 command) and :func:`grader.api.grade_notebook`.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# The checks import TensorFlow (through `reference`) in this process; its start-up log lines
+# would drown the grader's own output. An explicit setting by the user wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

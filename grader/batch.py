@@ -9,6 +9,7 @@ at once, and each live worker has its own slot (its own unprivileged uid).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import queue
 import threading
 from collections.abc import Callable
@@ -43,23 +44,41 @@ def grade_batch(
     reuse: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[SubmissionResult]:
-    isolation = launcher.isolation.describe()
+    """Grade ``subs``; with ``jobs`` > 1 and a warm launcher with as many channels, the
+    checks run in ``jobs`` forked grading processes that share the launcher's zygote."""
     results: dict[str, SubmissionResult] = {}
     todo: list[Submission] = []
-    done = 0
     for sub in subs:
         previous = writers.load_result(out, sub.id) if (out and reuse) else None
         if previous and previous.fingerprint == _fp(sub, assignment, options):
             results[sub.id] = previous
-            done += 1
             if on_progress:
-                on_progress(Progress(done, len(subs), previous, True))
+                on_progress(Progress(len(results), len(subs), previous, True))
         else:
             todo.append(sub)
 
+    def emit(result: SubmissionResult) -> None:
+        results[result.submission] = result
+        if on_progress:
+            on_progress(Progress(len(results), len(subs), result, False))
+
+    shards = min(jobs, launcher.channels, len(todo)) if launcher.warm else 1
+    if shards > 1:
+        _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit)
+    elif todo:
+        _grade_here(todo, assignment, checks, launcher, options, out, max(1, jobs), 0, emit)
+    ordered = [results[s.id] for s in subs]
+    if out is not None:
+        writers.write_summary(out, ordered, assignment.question_ids())
+    return ordered
+
+
+def _grade_here(todo, assignment, checks, launcher, options, out, threads_n, slot_base, emit):
+    """This process: notebooks run in ``threads_n`` threads, checks in one pytest session."""
+    isolation = launcher.isolation.describe()
     slots: queue.Queue[int] = queue.Queue()
-    for i in range(max(1, jobs) + 1):
-        slots.put(i)
+    for i in range(threads_n + 1):
+        slots.put(slot_base + i)
     ready: queue.Queue[tuple[Prepared, int]] = queue.Queue()
     pending: queue.Queue[Submission] = queue.Queue()
     for sub in todo:
@@ -74,12 +93,13 @@ def grade_batch(
             slot = slots.get()
             ready.put((prepare(sub, launcher, options, slot), slot))
 
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(max(1, jobs))]
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(threads_n)]
     for t in threads:
         t.start()
+    handled = 0
 
     def handle(prep: Prepared, slot: int, run_checks) -> None:
-        nonlocal done
+        nonlocal handled
         try:
             result = finish(prep, assignment, checks, options, isolation, run_checks)
             result = _with_fingerprint(result, _fp(prep.submission, assignment, options))
@@ -87,29 +107,95 @@ def grade_batch(
                 writers.write_submission(out, result, executed_notebook(prep), assignment.title)
         finally:
             slots.put(slot)
-        results[result.submission] = result
-        done += 1
-        if on_progress:
-            on_progress(Progress(done, len(subs), result, False))
+        handled += 1
+        emit(result)
 
     def serve(run_items) -> None:
         for _ in range(len(todo)):
             prep, slot = ready.get()
             handle(prep, slot, run_items)
 
-    if todo:
-        plugin = BatchPlugin(assignment, serve)
-        run_pytest(plugin, check_dirs(assignment, options.include_hidden))
-        # If pytest itself failed before its run loop, grade what is left one by one.
-        while done < len(subs):
-            prep, slot = ready.get()
-            handle(prep, slot, None)
+    plugin = BatchPlugin(assignment, serve)
+    run_pytest(plugin, check_dirs(assignment, options.include_hidden))
+    # If pytest itself failed before its run loop, grade what is left one by one.
+    while handled < len(todo):
+        prep, slot = ready.get()
+        handle(prep, slot, None)
     for t in threads:
         t.join()
-    ordered = [results[s.id] for s in subs]
-    if out is not None:
-        writers.write_summary(out, ordered, assignment.question_ids())
-    return ordered
+
+
+def _shard_main(index, part, assignment, checks, launcher, options, out, results_q) -> None:
+    launcher.in_child(index)
+    try:
+        _grade_here(
+            part,
+            assignment,
+            checks,
+            launcher,
+            options,
+            out,
+            1,
+            index * 4,
+            lambda r: results_q.put(("result", r.to_dict())),
+        )
+    finally:
+        results_q.put(("done", index))
+        results_q.close()
+        results_q.join_thread()
+
+
+def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit) -> None:
+    """Checks in ``shards`` forked grading processes (pytest is single-threaded).
+
+    They are forked after the checks were collected, so TensorFlow, pytest and the check
+    modules are already imported; each grading process uses its own channel to the shared
+    worker zygote. Only result dicts come back (our own processes: no student data).
+    """
+    launcher.start()
+    ctx = multiprocessing.get_context("fork")
+    results_q = ctx.Queue()
+    procs = []
+    for i in range(shards):
+        proc = ctx.Process(
+            target=_shard_main,
+            args=(i, todo[i::shards], assignment, checks, launcher, options, out, results_q),
+            daemon=True,
+        )
+        proc.start()
+        procs.append(proc)
+    seen: set[str] = set()
+    finished: set[int] = set()
+
+    def take(message) -> None:
+        kind, payload = message
+        if kind == "result":
+            result = SubmissionResult.from_dict(payload)
+            seen.add(result.submission)
+            emit(result)
+        else:
+            finished.add(payload)
+
+    while len(finished) < shards:
+        try:
+            take(results_q.get(timeout=1.0))
+        except queue.Empty:
+            for i, proc in enumerate(procs):
+                if not proc.is_alive() and i not in finished:
+                    proc.join()
+                    while True:  # what it sent before it died
+                        try:
+                            take(results_q.get(timeout=0.2))
+                        except queue.Empty:
+                            break
+                    finished.add(i)
+    for proc in procs:
+        proc.join()
+    isolation = launcher.isolation.describe()
+    for sub in todo:
+        if sub.id not in seen:  # its grading process died: say so rather than lose it
+            prep = Prepared(sub, bug="the grading process for this submission died")
+            emit(finish(prep, assignment, checks, options, isolation))
 
 
 def _fp(sub: Submission, assignment: Assignment, options: GradeOptions) -> str:

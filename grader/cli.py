@@ -99,7 +99,6 @@ def cmd_grade(args, out_stream, err_stream) -> int:
         call=options.resolve(args, "call_timeout", limits),
     )
     memory = options.resolve(args, "memory_mib", limits)
-    checks = collect_checks(asg)
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
         subs = collect([Path(p) for p in args.paths], Path(tmp))
@@ -109,13 +108,17 @@ def cmd_grade(args, out_stream, err_stream) -> int:
             )
         launcher = Launcher(
             preload=asg.preload,
+            channels=max(1, args.jobs),
             warm=not args.fresh_workers,
             limits=WorkerLimits(memory_mib=memory),
             hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
         )
-        if not launcher.isolation.sandboxed:
-            err_stream.write(f"convgrade: warning: {launcher.isolation.describe()}\n")
+        # The zygote imports its libraries while the checks are collected here.
+        launcher.start(wait=False)
         try:
+            checks = collect_checks(asg)
+            if not launcher.isolation.sandboxed:
+                err_stream.write(f"convgrade: warning: {launcher.isolation.describe()}\n")
             results = grade_batch(
                 subs,
                 asg,

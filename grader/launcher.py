@@ -159,15 +159,18 @@ def _can_sandbox() -> tuple[bool, str]:
 
 
 class Zygote:
-    """One zygote process and its control socket."""
+    """One zygote process and its control sockets (one per trusted grading process)."""
 
-    def __init__(self, preload: tuple[str, ...], sandbox: bool, hidden: tuple[Path, ...]):
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def __init__(
+        self, preload: tuple[str, ...], sandbox: bool, hidden: tuple[Path, ...], channels: int = 1
+    ):
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(channels)]
         boot = (
             f"import sys; sys.path.insert(0, {MOUNT_ROOT!r}); "
             "from cgworker.zygote import main; main()"
         )
-        cfg = json.dumps({"control_fd": child.fileno(), "preload": list(preload)})
+        child_fds = [child.fileno() for _, child in pairs]
+        cfg = json.dumps({"control_fds": child_fds, "preload": list(preload)})
         python = [sys.executable, "-I", "-c", boot, cfg]
         if sandbox:
             cmd = bwrap_command(hidden) + python
@@ -178,36 +181,38 @@ class Zygote:
             env = {**_zygote_env(), "HOME": os.environ.get("HOME", "/tmp")}
         self.proc = subprocess.Popen(
             cmd,
-            pass_fds=(child.fileno(),),
+            pass_fds=tuple(child_fds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
             start_new_session=True,
         )
-        child.close()
-        self.ctl = parent
+        for _, child in pairs:
+            child.close()
+        self.controls = [parent for parent, _ in pairs]
         self.lock = threading.Lock()
         self._stderr_tail: list[bytes] = []
         threading.Thread(target=self._drain, daemon=True).start()
-        ready = self.ctl.recv(65536)
-        if not ready:
-            self.proc.wait(timeout=10)
-            raise GraderBug(
-                "the worker zygote failed to start: "
-                + b"".join(self._stderr_tail).decode(errors="replace")[-2000:]
-            )
+        for ctl in self.controls:
+            if not ctl.recv(65536):
+                self.proc.wait(timeout=10)
+                raise GraderBug(
+                    "the worker zygote failed to start: "
+                    + b"".join(self._stderr_tail).decode(errors="replace")[-2000:]
+                )
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
             self._stderr_tail = (self._stderr_tail + [line])[-50:]
 
-    def spawn(self, request: dict) -> socket.socket:
+    def spawn(self, request: dict, channel: int = 0) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl = self.controls[channel]
         with self.lock:
             try:
-                socket.send_fds(self.ctl, [json.dumps(request).encode()], [theirs.fileno()])
-                reply = self.ctl.recv(65536)
+                socket.send_fds(ctl, [json.dumps(request).encode()], [theirs.fileno()])
+                reply = ctl.recv(65536)
             finally:
                 theirs.close()
         if not reply or not json.loads(reply).get("ok"):
@@ -216,10 +221,11 @@ class Zygote:
         return mine
 
     def close(self) -> None:
-        try:
-            self.ctl.close()
-        except OSError:
-            pass
+        for ctl in self.controls:
+            try:
+                ctl.close()
+            except OSError:
+                pass
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -250,6 +256,8 @@ class Launcher:
     hidden: tuple[Path, ...] = ()
     force_unsandboxed: bool = False
 
+    channels: int = 1  # trusted grading processes that will share the warm zygote
+
     def __post_init__(self) -> None:
         ok, why = _can_sandbox()
         if self.force_unsandboxed:
@@ -258,7 +266,13 @@ class Launcher:
         notes = () if ok else (why, "student code can read files and use the network")
         self.isolation = Isolation(sandboxed=ok, notes=notes)
         self._zygote: Zygote | None = None
+        self._pending: queue.Queue | None = None
         self._lock = threading.Lock()
+        self._channel = 0
+        self._owner = os.getpid()
+        self._start_midwife()
+
+    def _start_midwife(self) -> None:
         self._births: queue.Queue = queue.Queue()
         self._midwife = threading.Thread(target=self._give_birth, daemon=True)
         self._midwife.start()
@@ -271,25 +285,46 @@ class Launcher:
             reply = self._births.get()
             if reply is None:
                 return
+            channels = self.channels if self.warm else 1
             try:
-                reply.put(Zygote(self.preload, self.sandbox, self.hidden))
+                reply.put(Zygote(self.preload, self.sandbox, self.hidden, channels))
             except BaseException as exc:
                 reply.put(exc)
 
-    def _new_zygote(self) -> Zygote:
+    def _order_zygote(self) -> queue.Queue:
         reply: queue.Queue = queue.Queue()
         self._births.put(reply)
+        return reply
+
+    @staticmethod
+    def _receive(reply: queue.Queue) -> Zygote:
         result = reply.get()
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def start(self) -> None:
-        """Start the shared zygote now (warm mode), so the first submission does not wait."""
-        if self.warm:
-            with self._lock:
-                if self._zygote is None:
-                    self._zygote = self._new_zygote()
+    def start(self, wait: bool = True) -> None:
+        """Start the shared zygote (warm mode) now; ``wait=False`` returns at once, so the
+        libraries load while the caller does other work."""
+        if not self.warm:
+            return
+        with self._lock:
+            if self._zygote is None and self._pending is None:
+                self._pending = self._order_zygote()
+            if wait and self._zygote is None:
+                pending, self._pending = self._pending, None
+                self._zygote = self._receive(pending)
+
+    def in_child(self, channel: int) -> None:
+        """Call in a forked grading process: use control channel ``channel`` of the zygote."""
+        if channel >= self.channels:
+            raise ValueError(f"channel {channel} >= channels={self.channels}")
+        self._channel = channel
+        self._lock = threading.Lock()
+        if self._zygote is not None:
+            self._zygote.lock = threading.Lock()
+        # Threads do not survive fork: fresh-worker mode needs its own midwife here.
+        self._start_midwife()
 
     def spawn(self, slot: int = 0) -> WorkerProcess:
         """Fork a new worker for one submission; ``slot`` picks its unprivileged uid."""
@@ -303,11 +338,12 @@ class Launcher:
         }
         if self.warm:
             self.start()
-            zygote, owned = self._zygote, None
+            zygote, owned, channel = self._zygote, None, self._channel
         else:
-            zygote = owned = self._new_zygote()
+            zygote = owned = self._receive(self._order_zygote())
+            channel = 0
         try:
-            sock = zygote.spawn(request)
+            sock = zygote.spawn(request, channel)
         except BaseException:
             if owned:
                 owned.close()
@@ -315,8 +351,12 @@ class Launcher:
         return WorkerProcess(sock, on_close=owned.close if owned else None)
 
     def close(self) -> None:
-        with self._lock:
-            if self._zygote is not None:
-                self._zygote.close()
-                self._zygote = None
+        if os.getpid() == self._owner:  # a forked grading process does not own the zygote
+            with self._lock:
+                if self._pending is not None and self._zygote is None:
+                    self._zygote = self._receive(self._pending)
+                    self._pending = None
+                if self._zygote is not None:
+                    self._zygote.close()
+                    self._zygote = None
         self._births.put(None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -60,7 +61,7 @@ def _worker_main(fd: int, req: dict, notes: list[str], namespaced: bool, go: int
     Server(chan).serve()
 
 
-def _spawn(req: dict, fd: int, ctl: socket.socket) -> int:
+def _spawn(req: dict, fd: int, controls: list[socket.socket]) -> int:
     pid = os.fork()
     if pid:
         os.close(fd)
@@ -69,7 +70,8 @@ def _spawn(req: dict, fd: int, ctl: socket.socket) -> int:
     try:
         from . import sandbox
 
-        ctl.close()
+        for ctl in controls:
+            ctl.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sandbox.set_parent_death_signal()
         notes = sandbox.enter_namespaces() if req.get("namespaces", True) else []
@@ -102,28 +104,38 @@ def _spawn(req: dict, fd: int, ctl: socket.socket) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = json.loads((argv or sys.argv)[1])
-    ctl = socket.socket(fileno=int(cfg["control_fd"]))
+    # One control socket per trusted grading process, so several can ask for workers.
+    controls = [socket.socket(fileno=int(fd)) for fd in cfg["control_fds"]]
     _preload(cfg.get("preload", []))
     signal.signal(signal.SIGCHLD, _reap)
-    ctl.send(json.dumps({"ok": True, "ready": True}).encode())
-    while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(ctl, 65536, 1)
-        except OSError:
-            break
-        if not msg:
-            break
-        try:
-            req = json.loads(msg)
-        except ValueError:
-            for fd in fds:
-                os.close(fd)
-            continue
-        if req.get("op") != "spawn" or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            ctl.send(json.dumps({"ok": False, "message": "bad request"}).encode())
-            continue
-        pid = _spawn(req, fds[0], ctl)
-        ctl.send(json.dumps({"ok": True, "pid": pid}).encode())
+    for ctl in controls:
+        ctl.send(json.dumps({"ok": True, "ready": True}).encode())
+    while controls:
+        ready, _, _ = select.select(controls, [], [])
+        for ctl in ready:
+            if not _serve_one(ctl, controls):
+                controls.remove(ctl)
+                ctl.close()
     os._exit(0)
+
+
+def _serve_one(ctl: socket.socket, controls: list[socket.socket]) -> bool:
+    """Answer one request; False when this control socket is closed."""
+    try:
+        msg, fds, _, _ = socket.recv_fds(ctl, 65536, 1)
+    except OSError:
+        return False
+    if not msg:
+        return False
+    try:
+        req = json.loads(msg)
+    except ValueError:
+        req = {}
+    if req.get("op") != "spawn" or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        ctl.send(json.dumps({"ok": False, "message": "bad request"}).encode())
+        return True
+    pid = _spawn(req, fds[0], controls)
+    ctl.send(json.dumps({"ok": True, "pid": pid}).encode())
+    return True
