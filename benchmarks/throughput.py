@@ -13,8 +13,9 @@ The baseline is ``jupyter nbconvert --to notebook --execute --allow-errors`` two
 a time; it only executes the notebooks, it does not even run checks. convgrade runs with
 its default settings (``--jobs`` = cores) and ``--force``.
 
-Memory: the peak, sampled every 50 ms, of the summed proportional set size (PSS: shared
-pages split between the processes sharing them) of the grader and all its descendants
+Memory: the peak, sampled every 0.5 s (reading smaps slows the sampled processes), of the
+summed proportional set size (PSS: shared pages split between the processes sharing them)
+of the grader and all its descendants
 (zygote, workers). The summed RSS, which counts copy-on-write pages once per process, is
 printed next to it.
 """
@@ -97,7 +98,7 @@ class PeakMemory:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.5):
             pss, rss = _memory_kib(_descendants(self.pid))
             self.peak_pss = max(self.peak_pss, pss)
             self.peak_rss = max(self.peak_rss, rss)
@@ -127,8 +128,18 @@ def run_convgrade(args: list[str]) -> tuple[float, int, int]:
 
 def nbconvert_one(path: Path, out_dir: Path) -> None:
     subprocess.run(
-        ["jupyter", "nbconvert", "--to", "notebook", "--execute", "--allow-errors",
-         "--ExecutePreprocessor.timeout=600", "--output-dir", str(out_dir), str(path)],
+        [
+            "jupyter",
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            "--allow-errors",
+            "--ExecutePreprocessor.timeout=600",
+            "--output-dir",
+            str(out_dir),
+            str(path),
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -152,13 +163,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=None, help="convgrade --jobs (default: cores)")
     parser.add_argument("--no-baseline", action="store_true", help="skip nbconvert")
-    parser.add_argument("--check", action="store_true",
-                        help="compare `convgrade check` with one nbconvert execution")
-    parser.add_argument("--fresh", action="store_true",
-                        help="also time convgrade --fresh-workers (no pre-warmed zygote)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare `convgrade check` with one nbconvert execution",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="also time convgrade --fresh-workers (no pre-warmed zygote)",
+    )
     opts = parser.parse_args()
     if not opts.no_baseline and shutil.which("jupyter") is None:
-        sys.exit("the baseline needs `jupyter nbconvert` and ipykernel: pip install nbconvert ipykernel")
+        sys.exit(
+            "the baseline needs `jupyter nbconvert` and ipykernel: pip install nbconvert ipykernel"
+        )
 
     with tempfile.TemporaryDirectory(prefix="convgrade-bench-") as tmp:
         tmp = Path(tmp)
@@ -173,8 +192,13 @@ def main() -> None:
                 nbconvert_one(nb, tmp)
                 theirs.append(time.perf_counter() - s)
             mo, mt = statistics.median(ours), statistics.median(theirs)
-            print(f"convgrade check (public checks): median {mo:.2f} s  {['%.2f' % x for x in ours]}")
-            print(f"nbconvert --execute (no checks): median {mt:.2f} s  {['%.2f' % x for x in theirs]}")
+            print(
+                f"convgrade check (public checks): median {mo:.2f} s  {[f'{x:.2f}' for x in ours]}"
+            )
+            print(
+                f"nbconvert --execute (no checks): median {mt:.2f} s  "
+                f"{[f'{x:.2f}' for x in theirs]}"
+            )
             print(f"ratio check / nbconvert: {mo / mt:.2f}")
             return
 
@@ -187,8 +211,11 @@ def main() -> None:
             ours.append(t)
             pss.append(p)
             rss.append(rs)
-            print(f"run {r + 1}: convgrade {t:.1f} s (peak PSS {_fmt_mib(p)}, RSS sum {_fmt_mib(rs)})",
-                  flush=True)
+            print(
+                f"run {r + 1}: convgrade {t:.1f} s "
+                f"(peak PSS {_fmt_mib(p)}, RSS sum {_fmt_mib(rs)})",
+                flush=True,
+            )
             if opts.fresh:
                 t, _, _ = run_convgrade([*grade, "--fresh-workers"])
                 fresh.append(t)
@@ -202,14 +229,22 @@ def main() -> None:
         mo = statistics.median(ours)
         print()
         print(f"submissions: {opts.n}; repeats: {opts.repeats}")
-        print(f"convgrade grade: median {mo:.1f} s, {mo / opts.n:.2f} s per submission, "
-              f"peak PSS {_fmt_mib(max(pss))} (RSS sum {_fmt_mib(max(rss))})")
+        print(
+            f"convgrade grade: median {mo:.1f} s, {mo / opts.n:.2f} s per submission, "
+            f"peak PSS {_fmt_mib(max(pss))} (RSS sum {_fmt_mib(max(rss))})"
+        )
         if fresh:
             mf = statistics.median(fresh)
-            print(f"convgrade grade --fresh-workers: median {mf:.1f} s (warm is {mf / mo:.1f}x faster)")
+            print(
+                f"convgrade grade --fresh-workers: median {mf:.1f} s "
+                f"(warm is {mf / mo:.1f}x faster)"
+            )
         if theirs:
             mt = statistics.median(theirs)
-            print(f"nbconvert --execute, 2 at a time: median {mt:.1f} s, {mt / opts.n:.2f} s per notebook")
+            print(
+                f"nbconvert --execute, 2 at a time: median {mt:.1f} s, "
+                f"{mt / opts.n:.2f} s per notebook"
+            )
             print(f"ratio convgrade / nbconvert: {mo / mt:.3f} (goal: <= 0.100)")
 
 

@@ -8,6 +8,7 @@ at once, and each live worker has its own slot (its own unprivileged uid).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import queue
@@ -153,6 +154,9 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     worker zygote. Only result dicts come back (our own processes: no student data).
     """
     launcher.start()
+    # As in the zygote: the forked grading processes' collections skip the imported libraries.
+    gc.collect()
+    gc.freeze()
     ctx = multiprocessing.get_context("fork")
     results_q = ctx.Queue()
     procs = []

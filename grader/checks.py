@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from .proxy import CheckFailure, Remote
+from .proxy import (
+    CheckFailure,
+    MissingName,
+    NotPlainData,
+    Remote,
+    StudentCodeRaised,
+    WorkerGone,
+)
+
+__all__ = [
+    "CheckFailure",
+    "MissingName",
+    "NotPlainData",
+    "StudentCodeRaised",
+    "WorkerGone",
+    "as_array",
+    "expect_close",
+    "expect_shape",
+]
 
 
 def as_array(got, what: str) -> np.ndarray:

@@ -364,3 +364,31 @@ def test_python_dash_m_grader_is_the_same_program():
     )
     assert proc.returncode == 0
     assert "--cell-timeout" in proc.stdout and "example" in proc.stdout
+
+
+def test_each_submission_starts_from_the_same_clean_state(
+    tmp_path, engine_notebooks, mini_assignment
+):
+    """A pre-warmed zygote must not carry one submission's state into the next."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("state_1_writer", "state_2_reader"):
+        shutil.copy(engine_notebooks / f"{name}.ipynb", subs)
+    out = tmp_path / "out"
+    # One job: the reader runs after the writer, in a worker forked from the same zygote
+    # and with the same slot (the same uid).
+    code = run(
+        ["grade", str(subs), "-a", str(mini_assignment), "--out", str(out), "-q", "--jobs", "1"],
+        io.StringIO(),
+        io.StringIO(),
+    )
+    assert code == 0
+    printed = outputs_text(out / "state_2_reader" / "executed.ipynb")
+    for line in (
+        "numpy attr: False",
+        "module: False",
+        "tmp file: False",
+        "work file: False",
+        "cwd empty: True",
+    ):
+        assert line in printed
