@@ -65,8 +65,8 @@ def test_assign_refuses_a_solution_that_does_not_score_the_maximum(mini_copy, tm
 def test_assign_refuses_a_template_that_scores_points(mini_copy, tmp_path):
     source = nbformat.read(mini_copy / "source.ipynb", as_version=4)
     # Move the Scale solution out of its solution region: the template keeps it.
-    source.cells[2].source = source.cells[2].source.replace("# BEGIN SOLUTION\n", "").replace(
-        "# END SOLUTION\n", ""
+    source.cells[2].source = (
+        source.cells[2].source.replace("# BEGIN SOLUTION\n", "").replace("# END SOLUTION\n", "")
     )
     nbformat.write(source, mini_copy / "source.ipynb")
     code, _, err = cli("assign", str(mini_copy), "--out", str(tmp_path / "rel"))
@@ -91,8 +91,9 @@ def test_check_works_from_the_unpacked_student_zip_alone(release, tmp_path, engi
     assert "FAILED" in out and "NotImplementedError" in out
 
 
-def test_check_inside_a_notebook_prints_the_same_table(release, tmp_path, engine_notebooks,
-                                                       capsys, monkeypatch):
+def test_check_inside_a_notebook_prints_the_same_table(
+    release, tmp_path, engine_notebooks, capsys, monkeypatch
+):
     from grader.check import check_notebook
 
     with zipfile.ZipFile(release / "mini-student.zip") as zf:
@@ -134,6 +135,9 @@ def test_validate_fails_on_a_stale_student_notebook_and_wrong_expectations(mini_
     assert code == 1
     assert "FAIL  committed student.ipynb matches the source" in out
     assert "FAIL  example partial scores 3" in out
-    failed = [c.get("name") for c in ET.parse(junit).getroot().iter("testcase")
-              if c.find("failure") is not None]
+    failed = [
+        c.get("name")
+        for c in ET.parse(junit).getroot().iter("testcase")
+        if c.find("failure") is not None
+    ]
     assert failed == ["committed student.ipynb matches the source", "example partial scores 3"]
