@@ -41,12 +41,17 @@ class Result:
 
 @pytest.fixture
 def no_grading(monkeypatch):
-    """Starting a worker or a batch fails loudly: usage errors must come before grading."""
+    """Starting a worker or a batch fails loudly: usage errors must come before grading.
+
+    Preloading libraries in the zygote (Launcher.start) may overlap with validation; it runs
+    no student code, so it is stubbed out here only to keep these tests fast.
+    """
 
     def forbidden(*args, **kwargs):
         raise AssertionError("grading started although the command line was wrong")
 
-    monkeypatch.setattr(grader.launcher, "Launcher", forbidden)
+    monkeypatch.setattr(grader.launcher.Launcher, "start", lambda self, wait=True: None)
+    monkeypatch.setattr(grader.launcher.Launcher, "spawn", forbidden)
     monkeypatch.setattr(grader.batch, "grade_batch", forbidden)
 
 
