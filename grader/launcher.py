@@ -15,6 +15,7 @@ zygote runs unsandboxed and :attr:`Launcher.isolation` says so.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +146,8 @@ def _zygote_env() -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "MPLBACKEND": "Agg",
         "MPLCONFIGDIR": "/tmp",
+        "IPYTHONDIR": "/tmp/.ipython",  # keep the student's working directory empty
+        "XDG_CACHE_HOME": "/tmp/.cache",
         "PYTHONDONTWRITEBYTECODE": "1",
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
@@ -234,15 +238,19 @@ class Zygote:
 
 
 def _local_worker_root() -> Path:
-    """Unsandboxed fallback: a directory where ``cgworker`` imports without ``grader``."""
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"convgrade-worker-{os.getuid()}"
+    """Unsandboxed fallback: a directory where ``cgworker`` imports without ``grader``.
+
+    Named after this installation's worker package, so two checkouts never share one.
+    """
+    tag = hashlib.sha256(str(WORKER_PKG).encode()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / f"convgrade-worker-{os.getuid()}-{tag}"
     target = root / "cgworker"
-    if not target.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            target.symlink_to(WORKER_PKG)
-        except FileExistsError:
-            pass
+    root.mkdir(parents=True, exist_ok=True)
+    if not (target.is_symlink() and target.resolve() == WORKER_PKG):
+        tmp = root / f".cgworker-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(WORKER_PKG)
+        os.replace(tmp, target)
     return root
 
 

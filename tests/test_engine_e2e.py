@@ -375,14 +375,14 @@ def test_each_submission_starts_from_the_same_clean_state(
     for name in ("state_1_writer", "state_2_reader"):
         shutil.copy(engine_notebooks / f"{name}.ipynb", subs)
     out = tmp_path / "out"
-    # One job: the reader runs after the writer, in a worker forked from the same zygote
-    # and with the same slot (the same uid).
+    # One job: the reader runs after the writer, in a worker forked from the same zygote.
+    stdout, stderr = io.StringIO(), io.StringIO()
     code = run(
         ["grade", str(subs), "-a", str(mini_assignment), "--out", str(out), "-q", "--jobs", "1"],
-        io.StringIO(),
-        io.StringIO(),
+        stdout,
+        stderr,
     )
-    assert code == 0
+    assert code == 0, stdout.getvalue() + stderr.getvalue()
     printed = outputs_text(out / "state_2_reader" / "executed.ipynb")
     for line in (
         "numpy attr: False",
