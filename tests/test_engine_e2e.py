@@ -389,6 +389,7 @@ def test_each_submission_starts_from_the_same_clean_state(
         "module: False",
         "tmp file: False",
         "work file: False",
+        "shm file: False",
         "cwd empty: True",
     ):
         assert line in printed

@@ -80,7 +80,10 @@ def setup_worker(limits: dict, uid: int | None, namespaced: bool) -> list[str]:
             size = int(limits.get("disk_mib", 256))
             owner = f",uid={uid},gid={uid}" if uid is not None else ""
             opts = f"size={size}m,nr_inodes=10000,mode=0700{owner}"
-            for path in (workdir, "/tmp"):
+            # /dev/shm too: private, so shared memory is usable and leaks nothing onward.
+            for path in (workdir, "/tmp", "/dev/shm"):
+                if path == "/dev/shm" and not os.path.isdir(path):
+                    continue
                 os.makedirs(path, exist_ok=True)
                 mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
