@@ -155,10 +155,18 @@ class Student:
         )
 
     def _request(self, message: dict, label: str) -> dict:
+        # A function that ran out of time once is not called again: forty checks of an
+        # endless loop would otherwise cost forty timeouts.
+        key = _function_key(message)
+        slow = self._session.timed_out
+        if key is not None and key in slow:
+            raise WorkerGone(f"`{label}` was not called again: an earlier call {slow[key]}")
         try:
             reply = self._session.request(message)
         except WorkerFailure as exc:
             if exc.kind in ("timeout", "interrupted"):
+                if key is not None:
+                    slow[key] = exc.message
                 raise WorkerGone(
                     f"`{label}` {exc.message}: is there an endless loop, or a loop over every "
                     "pixel that is far too slow?"
@@ -180,6 +188,16 @@ class Student:
                 f"`{label}` is not an array or number (it is {reply.get('message')})"
             )
         raise CheckFailure(f"`{label}` failed: {reply.get('message', kind)}")
+
+
+def _function_key(message: dict) -> tuple | None:
+    """The notebook-level function a request calls (``("corr2d",)``), if any."""
+    if message.get("op") == "probe":
+        return ("probe", message.get("name"))
+    target = message.get("target") or {}
+    if message.get("op") == "call" and target.get("base") is None:
+        return tuple(target.get("path") or ())
+    return None
 
 
 class _Probes:

@@ -40,6 +40,7 @@ class NotebookSession:
         self.shell_commands: list[str] = []
         self.notes: list[str] = []
         self.gave_up = ""
+        self.timed_out: dict[tuple, str] = {}  # functions that ran out of time, and how
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:

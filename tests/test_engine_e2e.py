@@ -393,3 +393,14 @@ def test_each_submission_starts_from_the_same_clean_state(
         "cwd empty: True",
     ):
         assert line in printed
+
+
+def test_a_function_that_times_out_is_not_called_again(batch):
+    """Two corr2d checks, one timeout: the second check fails at once, with the reason."""
+    r = result(batch, "slow_corr2d")
+    corr = [t for t in r["tests"] if t["question"] == "corr2d"]
+    assert len(corr) == 2
+    assert any("did not finish within 5 s" in t["message"] for t in corr)
+    assert any("was not called again" in t["message"] for t in corr)
+    assert batch["rows"]["slow_corr2d"]["layer"] == "2"
+    assert r["execution"]["checks_duration"] < 2 * 5 + 5
