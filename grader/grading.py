@@ -132,10 +132,8 @@ def finish(
     pytest run does it (a batch reuses one pytest session for all submissions instead).
     """
     sub = prep.submission
-    fp = fingerprint(sub.path, assignment)
-    base = dict(
-        submission=sub.id, source=sub.origin, max_score=assignment.max_score, fingerprint=fp
-    )
+    # The fingerprint (what decides reuse on a re-run) is the batch's business.
+    base = dict(submission=sub.id, source=sub.origin, max_score=assignment.max_score)
     try:
         if prep.problem is not None:
             tests = _not_run(checks, f"not graded: {prep.problem.message}")
