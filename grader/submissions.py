@@ -42,9 +42,10 @@ def _scan_dir(root: Path) -> list[tuple[str, str, Path | None, SubmissionProblem
     found = []
     real_root = root.resolve()
     for path in sorted(root.rglob("*.ipynb")):
-        if any(part in _SKIP_PARTS for part in path.parts):
-            continue
         rel = path.relative_to(root)
+        # Only below the folder given: the folder itself may sit anywhere.
+        if any(part in _SKIP_PARTS for part in rel.parts):
+            continue
         if path.is_dir() and not path.is_symlink():  # a folder named like a notebook
             continue
         if path.is_symlink() or any(p.is_symlink() for p in path.parents if root in p.parents):

@@ -408,3 +408,15 @@ def test_collect_never_changes_the_given_paths(tmp_path):
 
     assert {p: os.stat(p).st_mtime_ns for p in before} == before
     assert archive.read_bytes() == snapshot
+
+
+def test_a_folder_given_inside_a_checkpoints_folder_is_still_scanned(tmp_path):
+    from grader.submissions import collect
+
+    inner = tmp_path / ".ipynb_checkpoints" / "class"
+    inner.mkdir(parents=True)
+    (inner / "alice.ipynb").write_text("{}")
+    (inner / ".ipynb_checkpoints").mkdir()
+    (inner / ".ipynb_checkpoints" / "alice-checkpoint.ipynb").write_text("{}")
+    subs = collect([inner], tmp_path / "x")
+    assert [s.id for s in subs] == ["alice"]
