@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import reference
-from grader.proxy import StudentCodeRaised
+from grader.checks import StudentCodeRaised
 
 
 def ref(X, K):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference
-from grader.proxy import StudentCodeRaised
+from grader.checks import StudentCodeRaised
 
 WORKED_EXAMPLE = np.array([[19.0, 25.0], [37.0, 43.0]])
 

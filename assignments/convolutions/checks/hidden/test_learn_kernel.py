@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import reference
-from grader.proxy import StudentCodeRaised
+from grader.checks import StudentCodeRaised
 
 KERAS3_WATCH = "not tf.Tensor or tf.Variable"
 

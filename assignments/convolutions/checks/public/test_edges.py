@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from grader.proxy import StudentCodeRaised
+from grader.checks import StudentCodeRaised
 
 
 def chapter_image():

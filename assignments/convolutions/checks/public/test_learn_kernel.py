@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from grader.proxy import StudentCodeRaised
+from grader.checks import StudentCodeRaised
 
 KERAS3_WATCH = "not tf.Tensor or tf.Variable"
 
