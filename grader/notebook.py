@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 
 from .errors import SubmissionProblem
+from .stubs import MARKDOWN_PLACEHOLDER
 
 ANSWER_TAG = "answer:"
 
@@ -154,7 +155,9 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
         if cell.get("cell_type") == "code":
             code.append(Cell(index, source))
         elif cell.get("cell_type") == "markdown" and (question := _answer_question(cell)):
-            answers.append((question, source))
+            # The untouched placeholder of the student notebook is not an answer to read.
+            if source.strip() not in ("", MARKDOWN_PLACEHOLDER):
+                answers.append((question, source))
     if not nb.cells:
         raise SubmissionProblem("empty", "the notebook has no cells.")
     for cell in nb.cells:

@@ -357,3 +357,21 @@ def test_a_notebook_written_by_nbformat_round_trips(tmp_path):
 
     assert loaded.code_cells == (Cell(1, "a = 1"),)
     assert [c["cell_type"] for c in loaded.nb.cells] == ["markdown", "code"]
+
+
+def test_untouched_answer_placeholders_are_not_collected(tmp_path):
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    from grader.notebook import load_submission
+    from grader.stubs import MARKDOWN_PLACEHOLDER
+
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell(MARKDOWN_PLACEHOLDER, metadata={"tags": ["answer:diagonal"]}),
+            new_markdown_cell("  ", metadata={"tags": ["answer:gradient"]}),
+            new_markdown_cell("The edge vanishes.", metadata={"tags": ["answer:matmul"]}),
+        ]
+    )
+    path = tmp_path / "nb.ipynb"
+    path.write_text(nbformat.writes(nb))
+    assert load_submission(path).answers == (("matmul", "The edge vanishes."),)
