@@ -127,7 +127,9 @@ def feedback_md(result: SubmissionResult, title: str = "") -> str:
         lines += ["", "## Problems while running your notebook", ""]
         lines += [f"- {e}" for e in result.errors]
     lines += ["", "## Checks", ""]
-    for t in result.tests:
+    # In the order of the questions, so each part's checks read together.
+    order = {q: i for i, (q, _, _) in enumerate(result.questions)}
+    for t in sorted(result.tests, key=lambda t: order.get(t.question, len(order))):
         mark = "passed" if t.status == "passed" else "FAILED"
         kind = " (hidden check)" if t.visibility == "hidden" else ""
         lines.append(
