@@ -7,9 +7,9 @@ from pathlib import Path
 from . import assignment as assignment_mod
 from .grading import GradeOptions, executed_notebook, finish, prepare
 from .launcher import Launcher, WorkerLimits
+from .options import grading_limits
 from .plugin import collect_checks
 from .results import SubmissionResult
-from .session import Timeouts
 from .submissions import Submission
 
 
@@ -36,11 +36,12 @@ def grade_notebook(
         return_executed: also return the executed notebook, as ``(result, notebook)``.
     """
     asg = assignment_mod.load(assignment)
-    lim = asg.limits
-    timeouts = Timeouts(
-        cell=cell_timeout or lim.get("cell_timeout", 60.0),
-        notebook=notebook_timeout or lim.get("notebook_timeout", 600.0),
-        call=call_timeout or lim.get("call_timeout", 10.0),
+    timeouts, memory = grading_limits(
+        asg.limits,
+        cell_timeout=cell_timeout,
+        notebook_timeout=notebook_timeout,
+        call_timeout=call_timeout,
+        memory_mib=memory_mib,
     )
     checks = collect_checks(asg, include_hidden)
     opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden)
@@ -49,7 +50,7 @@ def grade_notebook(
         launcher = Launcher(
             preload=asg.preload,
             warm=False,
-            limits=WorkerLimits(memory_mib=memory_mib or int(lim.get("memory_mib", 2048))),
+            limits=WorkerLimits(memory_mib=memory),
             hidden=(asg.root,),
         )
     path = Path(notebook_path)

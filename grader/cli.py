@@ -87,18 +87,11 @@ def cmd_grade(args, out_stream, err_stream) -> int:
     from .grading import GradeOptions
     from .launcher import Launcher, WorkerLimits
     from .plugin import collect_checks
-    from .session import Timeouts
     from .submissions import collect
 
     started = time.monotonic()
     asg = assignment_mod.load(args.assignment)
-    limits = asg.limits
-    timeouts = Timeouts(
-        cell=options.resolve(args, "cell_timeout", limits),
-        notebook=options.resolve(args, "notebook_timeout", limits),
-        call=options.resolve(args, "call_timeout", limits),
-    )
-    memory = options.resolve(args, "memory_mib", limits)
+    timeouts, memory = options.grading_limits(asg.limits, **vars(args))
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
         subs = collect([Path(p) for p in args.paths], Path(tmp))

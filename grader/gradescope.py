@@ -236,6 +236,7 @@ def _zero(message: str, max_score: float, name: str) -> dict:
 def _grade(notebook: Path, asg: Assignment, root: Path) -> SubmissionResult:
     from .api import grade_notebook
     from .launcher import Launcher, WorkerLimits
+    from .options import grading_limits
 
     hidden = (root / "source", root / "results")
     # one submission per container, so a warm zygote would save nothing
@@ -243,7 +244,7 @@ def _grade(notebook: Path, asg: Assignment, root: Path) -> SubmissionResult:
         Launcher,
         warm=False,
         preload=asg.preload,
-        limits=WorkerLimits(memory_mib=int(asg.limits.get("memory_mib", 2048))),
+        limits=WorkerLimits(memory_mib=grading_limits(asg.limits)[1]),
         hidden=hidden,
     )
     launcher = make()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import StaffError
+from .session import Timeouts
 
 
 @dataclass(frozen=True)
@@ -182,3 +183,16 @@ def resolve(args: argparse.Namespace, name: str, limits: dict) -> Any:
     if o.default is None:
         raise StaffError(f"{o.flags[0]} is required")
     return o.default
+
+
+def grading_limits(limits: dict, **given) -> tuple[Timeouts, int]:
+    """Timeouts and the memory budget: ``given`` values (None = not given), else the
+    assignment's ``[limits]``, else the defaults declared above."""
+    names = ("cell_timeout", "notebook_timeout", "call_timeout", "memory_mib")
+    ns = argparse.Namespace(**{n: given.get(n) for n in names})
+    timeouts = Timeouts(
+        cell=resolve(ns, "cell_timeout", limits),
+        notebook=resolve(ns, "notebook_timeout", limits),
+        call=resolve(ns, "call_timeout", limits),
+    )
+    return timeouts, int(resolve(ns, "memory_mib", limits))

@@ -19,9 +19,9 @@ from .batch import grade_batch
 from .errors import StaffError
 from .grading import GradeOptions
 from .launcher import Launcher, WorkerLimits
+from .options import grading_limits
 from .plugin import CheckInfo
 from .results import SubmissionResult
-from .session import Timeouts
 from .stubs import BEGIN_RE, END_RE, SolutionMarkerError, make_student_notebook
 from .submissions import Submission
 from .writers import atomic_write
@@ -130,18 +130,13 @@ def grade_reference_notebooks(
 
     One batch, so the worker zygote and the checks' imports are paid for once.
     """
-    lim = asg.limits
-    options = GradeOptions(
-        timeouts=Timeouts(
-            cell=lim.get("cell_timeout", 60.0),
-            notebook=lim.get("notebook_timeout", 600.0),
-            call=lim.get("call_timeout", 10.0),
-        )
-    )
+    timeouts, memory = grading_limits(asg.limits)
+    options = GradeOptions(timeouts=timeouts)
     launcher = Launcher(
         preload=asg.preload,
         warm=True,
-        limits=WorkerLimits(memory_mib=int(lim.get("memory_mib", 2048))),
+        channels=jobs,
+        limits=WorkerLimits(memory_mib=memory),
         hidden=(asg.root,),
     )
     with tempfile.TemporaryDirectory(prefix="convgrade-assign-") as tmp:
