@@ -126,8 +126,10 @@ def bwrap_command(hidden: tuple[Path, ...] = ()) -> list[str]:
         cmd += ["--ro-bind", str(d), str(d)]
     for h in _hidden_paths(hidden):
         if any(h == b or b in h.parents for b in bound + [Path(s) for s in _SYSTEM_DIRS]):
-            if h.exists():
+            if h.is_dir():
                 cmd += ["--tmpfs", str(h)]
+            elif h.exists():  # a file (e.g. a zip of submissions): show an empty one
+                cmd += ["--ro-bind", "/dev/null", str(h)]
     cmd += ["--perms", "0755", "--dir", MOUNT_ROOT]
     cmd += ["--ro-bind", str(WORKER_PKG), f"{MOUNT_ROOT}/cgworker"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
