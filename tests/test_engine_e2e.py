@@ -404,3 +404,29 @@ def test_a_function_that_times_out_is_not_called_again(batch):
     assert any("was not called again" in t["message"] for t in corr)
     assert batch["rows"]["slow_corr2d"]["layer"] == "2"
     assert r["execution"]["checks_duration"] < 2 * 5 + 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+def test_hidden_paths_inside_the_python_installation_are_masked():
+    """A non-editable install puts `reference` and checks inside site-packages: mask them."""
+    import numpy
+
+    from grader.launcher import Launcher
+
+    hidden_dir = Path(numpy.__file__).parent / "tests"
+    hidden_file = Path(numpy.__file__).parent / "conftest.py"
+    launcher = Launcher(preload=("numpy",), hidden=(hidden_dir, hidden_file))
+    try:
+        worker = launcher.spawn(0)
+        reply = worker.request(
+            {
+                "op": "run_cell",
+                "source": f"import os\nprint(os.listdir({str(hidden_dir)!r}), "
+                f"os.path.getsize({str(hidden_file)!r}))",
+            },
+            30,
+        )
+        worker.close()
+    finally:
+        launcher.close()
+    assert reply["outputs"][0]["text"].strip() == "[] 0"
