@@ -199,7 +199,10 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     for sub in todo:
         if sub.id not in seen:  # its grading process died: say so rather than lose it
             prep = Prepared(sub, bug="the grading process for this submission died")
-            emit(finish(prep, assignment, checks, options, isolation))
+            result = finish(prep, assignment, checks, options, isolation)
+            if out is not None:
+                writers.write_submission(out, result, None, assignment.title)
+            emit(result)
 
 
 def _fp(sub: Submission, assignment: Assignment, options: GradeOptions) -> str:

@@ -430,3 +430,41 @@ def test_hidden_paths_inside_the_python_installation_are_masked():
     finally:
         launcher.close()
     assert reply["outputs"][0]["text"].strip() == "[] 0"
+
+
+def test_a_grading_process_that_dies_loses_no_row(
+    tmp_path, engine_notebooks, mini_assignment, monkeypatch
+):
+    """With --jobs 2 the checks run in two forked grading processes; kill one mid-batch."""
+    import grader.batch
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for i in range(4):
+        shutil.copy(engine_notebooks / "good.ipynb", subs / f"s{i}.ipynb")
+    original = grader.batch._grade_here
+
+    def dying(todo, *args):
+        if args[6] == 4:  # slot_base of the second grading process (forked: patch inherited)
+            os._exit(9)
+        return original(todo, *args)
+
+    monkeypatch.setattr(grader.batch, "_grade_here", dying)
+    out = tmp_path / "out"
+    code = run(
+        ["grade", str(subs), "-a", str(mini_assignment), "--out", str(out), "-q", "--jobs", "2"],
+        io.StringIO(),
+        io.StringIO(),
+    )
+    assert code == 1
+    with open(out / "grades.csv", newline="") as fh:
+        rows = {r["submission"]: r for r in csv.DictReader(fh)}
+    assert sorted(rows) == ["s0", "s1", "s2", "s3"]
+    statuses = sorted(r["status"] for r in rows.values())
+    assert statuses == ["graded", "graded", "grader_error", "grader_error"]
+    for sub_id, row in rows.items():
+        if row["status"] == "grader_error":
+            feedback = (out / sub_id / "feedback.md").read_text()
+            assert "the autograder failed on this submission" in feedback
+            assert "died" not in feedback  # the reason is for staff only
+            assert "died" in json.loads((out / sub_id / "result.json").read_text())["staff_details"]
