@@ -87,7 +87,7 @@ def _question_totals(assignment: Assignment, tests: list[CheckResult]):
     return tuple(out)
 
 
-def _cell_errors(session: NotebookSession, nb: LoadedNotebook) -> list[str]:
+def _cell_errors(session: NotebookSession) -> list[str]:
     errors = []
     for rec in session.records:
         label = f"cell {rec.index + 1}"
@@ -154,7 +154,7 @@ def finish(
         checks_duration = time.monotonic() - started
         if not tests:
             raise _Bug("no check results: " + details[-3000:])
-        errors = _cell_errors(session, prep.notebook)
+        errors = _cell_errors(session)
         if session.gave_up:
             errors.append(f"grading stopped early: {session.gave_up}")
         execution = Execution(

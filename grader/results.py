@@ -85,8 +85,6 @@ class SubmissionResult:
         data["graded"] = self.graded
         data["questions"] = {q: {"score": s, "max_score": m} for q, s, m in self.questions}
         data["answers"] = [{"question": q, "text": t} for q, t in self.answers]
-        ex = data["execution"]
-        ex["cells"] = [c for c in ex["cells"]]
         return data
 
     @classmethod
