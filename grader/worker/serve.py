@@ -96,9 +96,9 @@ class Server:
     # -- helpers -------------------------------------------------------------------------
     def _namespace(self) -> dict:
         if self.runner is None:
-            from .executor import CellRunner
+            from .executor import take_runner
 
-            self.runner = CellRunner()
+            self.runner = take_runner()
         return self.runner.namespace
 
     def _store(self, obj) -> protocol.Handle:

@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     # One control socket per trusted grading process, so several can ask for workers.
     controls = [socket.socket(fileno=int(fd)) for fd in cfg["control_fds"]]
     _preload(cfg.get("preload", []))
+    if "IPython.core.interactiveshell" in sys.modules:
+        try:
+            from .executor import prepare_runner
+
+            prepare_runner()
+        except Exception as exc:  # each worker then builds its own shell
+            sys.stderr.write(f"convgrade zygote: could not prepare the shell: {exc}\n")
     # Move every preloaded object out of the collector's reach: a worker's garbage
     # collections then scan only its own objects, instead of walking (and so copying,
     # page by page) the whole copy-on-write heap of the libraries.
