@@ -67,32 +67,50 @@ def grade_batch(
     if shards > 1:
         _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit)
     elif todo:
-        _grade_here(todo, assignment, checks, launcher, options, out, max(1, jobs), 0, emit)
+        source = iter(todo)
+        _grade_here(
+            lambda: next(source, None),
+            assignment,
+            checks,
+            launcher,
+            options,
+            out,
+            max(1, jobs),
+            0,
+            emit,
+        )
     ordered = [results[s.id] for s in subs]
     if out is not None:
         writers.write_summary(out, ordered, assignment.question_ids())
     return ordered
 
 
-def _grade_here(todo, assignment, checks, launcher, options, out, threads_n, slot_base, emit):
-    """This process: notebooks run in ``threads_n`` threads, checks in one pytest session."""
+def _grade_here(next_sub, assignment, checks, launcher, options, out, threads_n, slot_base, emit):
+    """This process: notebooks run in ``threads_n`` threads, checks in one pytest session.
+
+    ``next_sub()`` hands out the next submission to grade, or None when there are no more;
+    several grading processes may share one source, so none of them idles while another
+    still has a queue.
+    """
     isolation = launcher.isolation.describe()
     slots: queue.Queue[int] = queue.Queue()
     for i in range(threads_n + 1):
         slots.put(slot_base + i)
-    ready: queue.Queue[tuple[Prepared, int]] = queue.Queue()
-    pending: queue.Queue[Submission] = queue.Queue()
-    for sub in todo:
-        pending.put(sub)
+    ready: queue.Queue[tuple[Prepared, int] | None] = queue.Queue()
+    take = threading.Lock()
 
     def run() -> None:
-        while True:
-            try:
-                sub = pending.get_nowait()
-            except queue.Empty:
-                return
-            slot = slots.get()
-            ready.put((prepare(sub, launcher, options, slot), slot))
+        try:
+            while True:
+                slot = slots.get()
+                with take:
+                    sub = next_sub()
+                if sub is None:
+                    slots.put(slot)
+                    return
+                ready.put((prepare(sub, launcher, options, slot), slot))
+        finally:
+            ready.put(None)  # this thread is done
 
     threads = [threading.Thread(target=run, daemon=True) for _ in range(threads_n)]
     for t in threads:
@@ -111,26 +129,44 @@ def _grade_here(todo, assignment, checks, launcher, options, out, threads_n, slo
         handled += 1
         emit(result)
 
+    running = len(threads)
+
+    def next_ready() -> tuple[Prepared, int] | None:
+        nonlocal running
+        while running:
+            item = ready.get()
+            if item is not None:
+                return item
+            running -= 1
+        return None
+
     def serve(run_items) -> None:
-        for _ in range(len(todo)):
-            prep, slot = ready.get()
-            handle(prep, slot, run_items)
+        while (item := next_ready()) is not None:
+            handle(*item, run_items)
 
     plugin = BatchPlugin(assignment, serve)
     run_pytest(plugin, check_dirs(assignment, options.include_hidden))
     # If pytest itself failed before its run loop, grade what is left one by one.
-    while handled < len(todo):
-        prep, slot = ready.get()
-        handle(prep, slot, None)
+    while (item := next_ready()) is not None:
+        handle(*item, None)
     for t in threads:
         t.join()
 
 
-def _shard_main(index, part, assignment, checks, launcher, options, out, results_q) -> None:
+def _shard_main(index, todo, counter, assignment, checks, launcher, options, out, results_q):
     launcher.in_child(index)
+
+    def next_sub() -> Submission | None:
+        with counter.get_lock():
+            i = counter.value
+            if i >= len(todo):
+                return None
+            counter.value = i + 1
+        return todo[i]
+
     try:
         _grade_here(
-            part,
+            next_sub,
             assignment,
             checks,
             launcher,
@@ -159,11 +195,12 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     gc.freeze()
     ctx = multiprocessing.get_context("fork")
     results_q = ctx.Queue()
+    counter = ctx.Value("i", 0)  # the next submission to hand out, shared by the processes
     procs = []
     for i in range(shards):
         proc = ctx.Process(
             target=_shard_main,
-            args=(i, todo[i::shards], assignment, checks, launcher, options, out, results_q),
+            args=(i, todo, counter, assignment, checks, launcher, options, out, results_q),
             daemon=True,
         )
         proc.start()
