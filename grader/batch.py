@@ -189,10 +189,11 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     modules are already imported; each grading process uses its own channel to the shared
     worker zygote. Only result dicts come back (our own processes: no student data).
     """
-    launcher.start()
     # As in the zygote: the forked grading processes' collections skip the imported libraries.
+    # (Done before waiting for the zygote, which is usually still importing TensorFlow.)
     gc.collect()
     gc.freeze()
+    launcher.start()
     ctx = multiprocessing.get_context("fork")
     results_q = ctx.Queue()
     counter = ctx.Value("i", 0)  # the next submission to hand out, shared by the processes

@@ -110,7 +110,10 @@ class GradingPlugin:
             self.infos[item.nodeid] = info
             self.order.append(item.nodeid)
 
-    @pytest.fixture
+    # Module scope: a check file may share one expensive call among its checks through a
+    # module-scoped fixture. Every fixture is torn down after each submission's last check
+    # (run_items passes nextitem=None there), so nothing crosses to the next submission.
+    @pytest.fixture(scope="module")
     def student(self):
         if self.session is None:
             pytest.skip("no notebook")

@@ -2,7 +2,8 @@
 
 The learning rate and the number of epochs are chosen from the data (see `schedule`), so
 plain gradient descent from any starting kernel lowers the loss at every step and ends well
-within the tolerance.
+within the tolerance. Training is the costliest thing a check asks of a notebook, so the
+(1, 2) fit runs once per submission and two checks judge it (a module-scoped fixture).
 """
 
 import numpy as np
@@ -41,14 +42,16 @@ def schedule(X, kernel_size):
     """A safe learning rate, and the epochs that shrink any starting error 1000-fold with it.
 
     The loss is quadratic in the kernel with curvatures ``eig(2 P^T P)`` (P: one flattened
-    window per row). With ``lr = 1 / largest``, each step multiplies the error by at most
-    ``1 - smallest / largest``.
+    window per row). With ``lr = 2 / (largest + smallest)``, the fastest fixed step, each
+    step multiplies the error by at most ``(largest - smallest) / (largest + smallest)``;
+    the step is below ``2 / largest``, so the loss still falls at every step.
     """
     P = patches(X, kernel_size)
     curvatures = np.linalg.eigvalsh(2 * P.T @ P)
-    rate = 1.0 - curvatures.min() / curvatures.max()
+    low, high = curvatures.min(), curvatures.max()
+    rate = (high - low) / (high + low)
     epochs = int(np.ceil(np.log(1e-3) / np.log(max(rate, 1e-3))))
-    return float(1.0 / curvatures.max()), min(max(epochs, 5), 60)
+    return float(2.0 / (high + low)), min(max(epochs, 5), 60)
 
 
 def fit(student, X, target, epochs=None):
@@ -88,13 +91,28 @@ def check_kernel(kernel, target):
     )
 
 
+ANOTHER_TARGET = np.array([[-0.5, 2.0]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def another_fit(student):
+    """One fit of a (1, 2) kernel other than [[1, -1]]: (kernel, losses, epochs).
+
+    The epochs are never the default 10, so a learn_kernel that ignores num_epochs shows.
+    If the fit fails, pytest re-raises the same failure in each check that uses it.
+    """
+    X = np.random.default_rng(20240917).normal(size=(5, 7)).astype(np.float32)
+    epochs = schedule(X, ANOTHER_TARGET.shape)[1]
+    epochs = 11 if epochs == 10 else epochs
+    kernel, losses = fit(student, X, ANOTHER_TARGET, epochs)
+    return kernel, losses, epochs
+
+
 @pytest.mark.points(1)
-def test_learns_another_kernel(student, rng):
+def test_learns_another_kernel(another_fit):
     """learn_kernel recovers a (1, 2) kernel other than [[1, -1]]"""
-    X = rng.normal(size=(5, 7)).astype(np.float32)
-    target = np.array([[-0.5, 2.0]], dtype=np.float32)
-    kernel, _ = fit(student, X, target)
-    check_kernel(kernel, target)
+    kernel, _, _ = another_fit
+    check_kernel(kernel, ANOTHER_TARGET)
 
 
 @pytest.mark.points(1)
@@ -107,12 +125,12 @@ def test_learns_a_2x2_kernel(student, rng):
 
 
 @pytest.mark.points(1)
-def test_losses_follow_training(student, rng):
+def test_losses_follow_training(another_fit):
     """learn_kernel returns one loss per epoch, decreasing"""
-    X = rng.normal(size=(4, 6)).astype(np.float32)
-    target = np.array([[1.5, 0.5]], dtype=np.float32)
-    _, losses = fit(student, X, target, 7)
-    assert losses.size == 7, f"num_epochs=7 gave {losses.size} losses, expected 7."
+    _, losses, epochs = another_fit
+    assert losses.size == epochs, (
+        f"num_epochs={epochs} gave {losses.size} losses, expected {epochs}."
+    )
     if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
         raise AssertionError(
             f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}): the update goes "

@@ -1,4 +1,8 @@
-"""Public checks of Part 4 (`learn_kernel`): the chapter's data, K = [[1, -1]]."""
+"""Public checks of Part 4 (`learn_kernel`): the chapter's data, K = [[1, -1]].
+
+Both checks judge the same training run, done once per notebook (a module-scoped fixture):
+training is the slowest thing these checks ask of a notebook.
+"""
 
 import numpy as np
 import pytest
@@ -29,7 +33,9 @@ def chapter_data():
     return X, Y
 
 
-def run(student):
+@pytest.fixture(scope="module")
+def chapter_fit(student):
+    """learn_kernel(X, Y) on the chapter's data: (kernel, losses) as arrays."""
     X, Y = chapter_data()
     result = call_learn_kernel(student, X, Y)
     assert isinstance(result, (tuple, list)) and len(result) == 2, (
@@ -47,9 +53,9 @@ def run(student):
 
 
 @pytest.mark.points(1)
-def test_learns_the_edge_kernel(student):
+def test_learns_the_edge_kernel(chapter_fit):
     """learn_kernel on the 6x8 image and its edges finds a kernel close to [[1, -1]]"""
-    kernel, _ = run(student)
+    kernel, _ = chapter_fit
     if kernel.size == 2 and kernel.shape != (1, 2):
         raise AssertionError(
             f"the kernel has shape {kernel.shape}, expected kernel_size = (1, 2): reshape the "
@@ -64,9 +70,9 @@ def test_learns_the_edge_kernel(student):
 
 
 @pytest.mark.points(1)
-def test_losses_decrease(student):
+def test_losses_decrease(chapter_fit):
     """learn_kernel records 10 losses that go down"""
-    _, losses = run(student)
+    _, losses = chapter_fit
     assert losses.size == 10, f"got {losses.size} losses, expected one per epoch (10)."
     if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
         raise AssertionError(
