@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     # One control socket per trusted grading process, so several can ask for workers.
     controls = [socket.socket(fileno=int(fd)) for fd in cfg["control_fds"]]
     _preload(cfg.get("preload", []))
+    if cfg.get("warm_tensorflow"):
+        _warm(cfg)
     if "IPython.core.interactiveshell" in sys.modules:
         try:
             from .executor import prepare_runner
@@ -130,6 +132,23 @@ def main(argv: list[str] | None = None) -> None:
                 controls.remove(ctl)
                 ctl.close()
     os._exit(0)
+
+
+def _warm(cfg: dict) -> None:
+    from . import warmup
+
+    if not warmup.available():
+        return
+    try:
+        warmup.warm_tensorflow()
+    except warmup.WarmupFailed as exc:
+        # Ops ran here but the context could not be replaced: forked workers would hang.
+        # Start this zygote again, as the same process, without the warm-up.
+        sys.stderr.write(f"convgrade zygote: {exc}; restarting without the warm-up\n")
+        sys.stderr.flush()
+        argv = list(sys.orig_argv)
+        argv[-1] = json.dumps({**cfg, "warm_tensorflow": False})
+        os.execv(sys.executable, argv)
 
 
 def _serve_one(ctl: socket.socket, controls: list[socket.socket]) -> bool:
