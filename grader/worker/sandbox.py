@@ -60,11 +60,33 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
+_own_pid_namespace: int | None = None
+
+
+def new_pid_namespace_for_children() -> list[str]:
+    """In the zygote: the next child it forks is PID 1 of a new PID namespace."""
+    global _own_pid_namespace
+    try:
+        if _own_pid_namespace is None:
+            _own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        unshare(CLONE_NEWPID)
+    except OSError as exc:
+        return [f"no per-worker namespaces ({exc.strerror})"]
+    return []
+
+
+def own_pid_namespace_for_children() -> None:
+    """In the zygote, after the fork: later children start in its own PID namespace again
+    (a second ``unshare(CLONE_NEWPID)`` is refused while the first one is in effect)."""
+    _check(_libc.setns(ctypes.c_int(_own_pid_namespace), ctypes.c_int(CLONE_NEWPID)), "setns")
+
+
 def enter_namespaces() -> list[str]:
-    """In the intermediate process: new namespaces for the worker about to be forked."""
+    """In the new worker (already PID 1 of its PID namespace): its own mount, network and
+    IPC namespaces."""
     notes = []
     try:
-        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC)
+        unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
     except OSError as exc:
         notes.append(f"no per-worker namespaces ({exc.strerror})")
     return notes
