@@ -1,7 +1,7 @@
 """The trusted side's handle on one running worker: requests with deadlines, and kills.
 
 The worker's PID lives in another PID namespace, so the grader holds a *pidfd* for it
-(received once, from the zygote's intermediate process, before student code starts) and
+(received once, from the zygote, before student code starts) and
 signals through that. A request that misses its deadline is interrupted (SIGINT) and, if the
 worker does not answer within a grace period (student code can ignore SIGINT), killed.
 Killing the worker, PID 1 of its namespace, takes every process it started with it.
