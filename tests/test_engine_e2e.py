@@ -476,3 +476,27 @@ def test_a_grading_process_that_dies_loses_no_row(
             assert "the autograder failed on this submission" in feedback
             assert "died" not in feedback  # the reason is for staff only
             assert "died" in json.loads((out / sub_id / "result.json").read_text())["staff_details"]
+
+
+def test_a_worker_nobody_can_reach_is_refused_and_the_zygote_carries_on():
+    """The grader's end of a new worker's channel is gone before the zygote hands over the
+    worker: that one start fails with a reason, the next one works."""
+    from grader.launcher import Launcher
+
+    launcher = Launcher(preload=("numpy",))
+    try:
+        launcher.start()
+        zygote = launcher._zygote
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.close()
+        request = {"op": "spawn", "namespaces": launcher.sandbox, "limits": {}, "env": {}}
+        socket.send_fds(zygote.controls[0], [json.dumps(request).encode()], [theirs.fileno()])
+        theirs.close()
+        reply = json.loads(zygote.controls[0].recv(65536))
+        assert reply["ok"] is False
+        assert "could not start a worker" in reply["message"]
+        worker = launcher.spawn(0)
+        assert worker.request({"op": "ping"}, 10)["value"] == "pong"
+        worker.close()
+    finally:
+        launcher.close()

@@ -71,16 +71,16 @@ def _spawn(req: dict, fd: int, controls: list[socket.socket]) -> int:
     wanted = req.get("namespaces", True)
     notes = sandbox.new_pid_namespace_for_children() if wanted else []
     go_r, go_w = os.pipe()
+    zygote_pid = os.getpid()
     try:
         pid = os.fork()
     except OSError:
-        os.close(go_r)
-        os.close(go_w)
-        if wanted and not notes:
-            sandbox.own_pid_namespace_for_children()
+        for end in (go_r, go_w, fd):
+            os.close(end)
         raise
-    if pid and wanted and not notes:
-        sandbox.own_pid_namespace_for_children()
+    finally:  # in the zygote only: the new worker stays in its new namespace
+        if wanted and not notes and os.getpid() == zygote_pid:
+            _back_to_own_pid_namespace()
     if pid == 0:
         try:
             os.close(go_w)
@@ -102,10 +102,25 @@ def _spawn(req: dict, fd: int, controls: list[socket.socket]) -> int:
         os.close(pidfd)
         chan.detach()
         os.write(go_w, b"g")
+    except OSError:  # e.g. the grader gave up on this worker: nobody could reach it
+        os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         os.close(fd)
         os.close(go_w)
     return pid
+
+
+def _back_to_own_pid_namespace() -> None:
+    from . import sandbox
+
+    try:
+        sandbox.own_pid_namespace_for_children()
+    except OSError as exc:
+        # Every later worker would share this namespace: stop rather than isolate less.
+        sys.stderr.write(f"convgrade zygote: cannot restore its PID namespace: {exc}\n")
+        sys.stderr.flush()
+        os._exit(70)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,6 +188,10 @@ def _serve_one(ctl: socket.socket, controls: list[socket.socket]) -> bool:
             os.close(fd)
         ctl.send(json.dumps({"ok": False, "message": "bad request"}).encode())
         return True
-    pid = _spawn(req, fds[0], controls)
+    try:
+        pid = _spawn(req, fds[0], controls)
+    except OSError as exc:  # this worker could not be started; the zygote carries on
+        ctl.send(json.dumps({"ok": False, "message": f"could not start a worker: {exc}"}).encode())
+        return True
     ctl.send(json.dumps({"ok": True, "pid": pid}).encode())
     return True
