@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import reference
+from reference import answers as answer_key
 
 HINTS = {
     "a": (
@@ -48,7 +48,7 @@ def test_diagonal_image_other_sizes(student):
     """diagonal_edge_image(n) for other sizes"""
     for n in (2, 5, 11):
         got = np.asarray(student.diagonal_edge_image(n), dtype=np.float64)
-        want = np.asarray(reference.diagonal_edge_image(n), dtype=np.float64)
+        want = np.asarray(answer_key.diagonal_edge_image(n), dtype=np.float64)
         assert got.shape == want.shape, (
             f"diagonal_edge_image({n}) has shape {got.shape}, expected {want.shape}"
         )

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-import reference
 from grader.checks import StudentCodeRaised
+from reference import answers as answer_key
 
 
 def detect(student, X, name):
@@ -28,7 +28,7 @@ def test_edge_image_other_sizes(student):
     """edge_image(height, width) for other sizes"""
     for height, width in [(4, 12), (3, 5), (7, 9)]:
         got = np.asarray(student.edge_image(height, width), dtype=np.float64)
-        want = np.asarray(reference.edge_image(height, width), dtype=np.float64)
+        want = np.asarray(answer_key.edge_image(height, width), dtype=np.float64)
         assert got.shape == want.shape, (
             f"edge_image({height}, {width}) has shape {got.shape}, expected {want.shape}"
         )
@@ -46,7 +46,7 @@ def test_detect_edges_other_images(student, rng):
     striped = np.tile(columns, (5, 1))
     noisy = rng.integers(0, 2, size=(4, 6)).astype(np.float32)
     for name, X in [("a striped 5x9 image", striped), ("a random 4x6 binary image", noisy)]:
-        want = np.asarray(reference.detect_edges(X), dtype=np.float64)
+        want = np.asarray(answer_key.detect_edges(X), dtype=np.float64)
         got = detect(student, X, name)
         assert got.shape == want.shape, (
             f"detect_edges on {name} has shape {got.shape}, expected {want.shape} "
@@ -58,7 +58,7 @@ def test_detect_edges_other_images(student, rng):
                 "1 down to 0 gives +1 (is the kernel flipped, as in true convolution?)."
             )
         assert np.allclose(got, want, atol=1e-4), f"detect_edges on {name} is wrong."
-    turned = np.ascontiguousarray(np.asarray(reference.edge_image(6, 8)).T)
+    turned = np.ascontiguousarray(np.asarray(answer_key.edge_image(6, 8)).T)
     got = detect(student, turned, "the transposed 6x8 image")
     assert got.shape == (8, 5) and np.allclose(got, 0.0), (
         "detect_edges on the transposed 6x8 image should be all zeros of shape (8, 5): "
