@@ -513,3 +513,43 @@ def test_sending_to_a_closed_peer_raises_channel_closed(pair):
 
 def test_channel_closed_is_a_protocol_error():
     assert issubclass(ChannelClosed, ProtocolError)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array(3.5),
+        np.zeros((0, 3), np.int32),
+        np.asfortranarray(np.arange(6).reshape(2, 3)),
+        np.array([True, False]),
+        np.arange(4, dtype=">f8"),
+        np.zeros((2, 2), np.complex128),
+        np.float16([1, 2]),
+    ],
+    ids=["0-d", "empty", "fortran-order", "bool", "big-endian", "complex", "float16"],
+)
+def test_any_npy_that_np_save_writes_is_read_back_writable(array):
+    got = unpack_from(Reader(frame({"x": {"$nd": 0}}, [npy(array)])))["x"]
+
+    assert_same(got, array)
+    assert got.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{'shape': (3,), 'fortran_order': False, 'descr': '<f8', }",
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), 'extra': 1, }",
+        "{'descr': '<M8', 'fortran_order': False, 'shape': (3,), }",
+        "{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (3,), }",
+        "{'descr': '<f8', 'fortran_order': 0, 'shape': (3,), }",
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (-3,), }",
+    ],
+    ids=["keys-reordered", "extra-key", "datetime", "structured", "int-flag", "negative-dim"],
+)
+def test_an_npy_header_np_save_would_not_write_is_refused(header):
+    text = header.ljust(118) + "\n"
+    blob = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + bytes(24)
+
+    with pytest.raises(ProtocolError, match="array payload"):
+        unpack_from(Reader(frame({"x": {"$nd": 0}}, [blob])))
