@@ -83,33 +83,35 @@ def _summary(results, out: Path, elapsed: float) -> str:
 
 
 def cmd_grade(args, out_stream, err_stream) -> int:
+    # The zygote's start (importing TensorFlow, seconds) is the batch's critical path: start
+    # it first, and import the grading machinery while it runs.
     from . import assignment as assignment_mod
-    from .batch import grade_batch
-    from .grading import GradeOptions
     from .launcher import Launcher, WorkerLimits
-    from .plugin import collect_checks
-    from .submissions import collect
 
     started = time.monotonic()
     asg = assignment_mod.load(args.assignment)
     timeouts, memory = options.grading_limits(asg.limits, **vars(args))
     out = Path(args.out)
-    with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
-        subs = collect([Path(p) for p in args.paths], Path(tmp))
-        if not subs:
-            raise StaffError(
-                f"no notebooks (*.ipynb) found in {' '.join(args.paths)}; nothing to grade."
-            )
-        launcher = Launcher(
-            preload=asg.preload,
-            channels=max(1, args.jobs),
-            warm=not args.fresh_workers,
-            limits=WorkerLimits(memory_mib=memory),
-            hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
-        )
-        # The zygote imports its libraries while the checks are collected here.
-        launcher.start(wait=False)
-        try:
+    launcher = Launcher(
+        preload=asg.preload,
+        channels=max(1, args.jobs),
+        warm=not args.fresh_workers,
+        limits=WorkerLimits(memory_mib=memory),
+        hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
+    )
+    launcher.start(wait=False)
+    try:
+        from .batch import grade_batch
+        from .grading import GradeOptions
+        from .plugin import collect_checks
+        from .submissions import collect
+
+        with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
+            subs = collect([Path(p) for p in args.paths], Path(tmp))
+            if not subs:
+                raise StaffError(
+                    f"no notebooks (*.ipynb) found in {' '.join(args.paths)}; nothing to grade."
+                )
             checks = collect_checks(asg)
             if not launcher.isolation.sandboxed:
                 err_stream.write(f"convgrade: warning: {launcher.isolation.describe()}\n")
@@ -124,8 +126,8 @@ def cmd_grade(args, out_stream, err_stream) -> int:
                 reuse=not args.force,
                 on_progress=Reporter(err_stream, args.quiet),
             )
-        finally:
-            launcher.close()
+    finally:
+        launcher.close()
     out_stream.write(_summary(results, out, time.monotonic() - started))
     return 0 if all(r.graded for r in results) else 1
 

@@ -30,10 +30,13 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .assignment import DEFAULT_PRELOAD
-from .client import WorkerProcess
 from .errors import GraderBug
+
+if TYPE_CHECKING:
+    from .client import WorkerProcess
 
 WORKER_PKG = Path(__file__).resolve().parent / "worker"
 MOUNT_ROOT = "/opt/convgrade"
@@ -378,6 +381,8 @@ class Launcher:
             if owned:
                 owned.close()
             raise
+        from .client import WorkerProcess  # numpy, via the wire protocol: not needed to start
+
         return WorkerProcess(sock, on_close=owned.close if owned else None)
 
     def close(self) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StaffError
-from .session import Timeouts
+
+if TYPE_CHECKING:
+    from .session import Timeouts
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,9 @@ def resolve(args: argparse.Namespace, name: str, limits: dict) -> Any:
 def grading_limits(limits: dict, **given) -> tuple[Timeouts, int]:
     """Timeouts and the memory budget: ``given`` values (None = not given), else the
     assignment's ``[limits]``, else the defaults declared above."""
+    # Imported here: the CLI starts the worker zygote before it loads the grading machinery.
+    from .session import Timeouts
+
     names = ("cell_timeout", "notebook_timeout", "call_timeout", "memory_mib")
     ns = argparse.Namespace(**{n: given.get(n) for n in names})
     timeouts = Timeouts(
