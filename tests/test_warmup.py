@@ -42,6 +42,8 @@ data = tf.data.Dataset.range(6).map(lambda v: v * 2, num_parallel_calls=2).batch
 print("data", [b.numpy().tolist() for b in data])
 print("py_function", float(tf.py_function(lambda a: a + 1, [tf.constant(1.0)], tf.float32)))
 print("layer name", keras.layers.Dense(1).name)
+import gc
+print("gc enabled", gc.isenabled(), "collects", gc.collect() >= 0)
 """
 
 
@@ -163,3 +165,5 @@ def test_sandboxed_workers_of_a_warm_zygote_run_all_of_tensorflow():
         assert "fit (1, 1)" in text
         assert "data [[0, 2, 4, 6], [8, 10]]" in text
         assert "layer name dense" in text
+        # The zygote imports with the collector off; its workers must have it back on.
+        assert "gc enabled True collects True" in text
