@@ -10,6 +10,7 @@ import os
 
 __version__ = "0.1.0"
 
-# The checks import TensorFlow (through `reference`) in this process; its start-up log lines
-# would drown the grader's own output. An explicit setting by the user wins.
+# Checks may import TensorFlow in this process (the bundled ones do not: they compare with
+# `reference.answers`, in NumPy); its start-up log lines would drown the grader's own
+# output. An explicit setting by the user wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
