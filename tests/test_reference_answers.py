@@ -112,3 +112,13 @@ def test_collecting_the_hidden_checks_does_not_import_tensorflow():
         "assert len(plugin.collect_checks(a)) > 30"
     )
     assert "tensorflow" not in loaded and "keras" not in loaded
+
+
+def test_every_public_name_of_reference_loads_on_first_use():
+    assert sorted(reference.__all__) == sorted(reference._HOME)
+    for name in reference.__all__:
+        assert getattr(reference, name) is getattr(
+            __import__(f"reference.{reference._HOME[name]}", fromlist=[name]), name
+        )
+    with pytest.raises(AttributeError, match="has no attribute 'corr3d'"):
+        reference.corr3d  # noqa: B018
