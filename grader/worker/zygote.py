@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     controls = [socket.socket(fileno=int(fd)) for fd in cfg["control_fds"]]
     # No automatic collections while the libraries import: importing TensorFlow, IPython and
     # matplotlib makes some 350,000 long-lived objects, and the full collections that
-    # triggered took about 0.7 of its 3 s (measured), to find some 4,000 objects.
+    # triggered took 0.6 to 0.7 s of the 3.1 to 3.3 s (measured), to find some 4,000.
     gc.disable()
     _preload(cfg.get("preload", []))
     # Freeze the libraries' objects before the warm-up: Keras's clear_session and
