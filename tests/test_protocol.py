@@ -553,3 +553,11 @@ def test_an_npy_header_np_save_would_not_write_is_refused(header):
 
     with pytest.raises(ProtocolError, match="array payload"):
         unpack_from(Reader(frame({"x": {"$nd": 0}}, [blob])))
+
+
+def test_an_npy_header_longer_than_numpy_allows_is_refused():
+    text = "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }".ljust(20_000) + "\n"
+    blob = b"\x93NUMPY\x02\x00" + len(text).to_bytes(4, "little") + text.encode() + bytes(24)
+
+    with pytest.raises(ProtocolError, match="header of 20001 bytes is too long"):
+        unpack_from(Reader(frame({"x": {"$nd": 0}}, [blob])))
