@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from reference.matmul import corr2d_matmul, kernel_matrix
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name not in _HOME:
         raise AttributeError(f"module 'reference' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"reference.{_HOME[name]}"), name)
