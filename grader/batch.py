@@ -189,7 +189,7 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     modules are already imported; each grading process uses its own channel to the shared
     worker zygote. Only result dicts come back (our own processes: no student data).
     """
-    # As in the zygote: the forked grading processes' collections skip the imported libraries.
+    # The forked grading processes' collections then skip the imported libraries and checks.
     # (Done before waiting for the zygote, which is usually still importing TensorFlow.)
     gc.collect()
     gc.freeze()

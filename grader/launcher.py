@@ -192,7 +192,7 @@ class Zygote:
             {
                 "control_fds": child_fds,
                 "preload": list(preload),
-                # Worth its ~0.2 s only in a zygote that forks a worker per submission.
+                # Worth its 0.09 s only in a zygote that forks a worker per submission.
                 "warm_tensorflow": warm_tensorflow,
             }
         )

@@ -147,10 +147,9 @@ def main(argv: list[str] | None = None) -> None:
             prepare_runner()
         except Exception as exc:  # each worker then builds its own shell
             sys.stderr.write(f"convgrade zygote: could not prepare the shell: {exc}\n")
-    # Move every object made since (the warm-up's, the shell's) out of the collector's reach
-    # too: a worker's garbage collections then scan only its own objects, instead of walking
-    # (and so copying, page by page) the whole copy-on-write heap of the libraries. No
-    # gc.collect() first: it took 0.18 s of the zygote's start to find a few dozen objects.
+    # Move what was made since (the warm-up's objects, the shell) out of the collector's
+    # reach too: a worker's garbage collections then scan only its own objects, instead of
+    # walking (and so copying, page by page) the copy-on-write heap it shares.
     gc.freeze()
     gc.enable()  # workers collect their own garbage as any Python process does
     signal.signal(signal.SIGCHLD, _reap)
