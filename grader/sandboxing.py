@@ -227,17 +227,18 @@ def our_copies() -> list[Path]:
             for candidate in (entry / name, entry / f"{name}.py"):
                 if candidate.exists():
                     found.add(candidate.resolve())
-    try:
-        dist = importlib.metadata.distribution("convgrade")
+    for dist in importlib.metadata.distributions():
+        if (dist.metadata["Name"] or "").lower() != "convgrade":
+            continue
         for file in dist.files or ():
-            top = Path(file.parts[0]) if file.parts else None
-            if top is None or top.name in ("..", "."):
-                continue
-            located = Path(dist.locate_file(top))
+            if not file.parts or file.parts[0] in ("..", "."):
+                continue  # scripts in bin/: not importable, and outside site-packages
+            # A folder of ours (grader/, the .dist-info) goes whole; a loose file (the
+            # editable finder, its .pyc in the shared __pycache__) goes alone.
+            whole = len(file.parts) > 1 and file.parts[0] != "__pycache__"
+            located = Path(dist.locate_file(file.parts[0] if whole else file))
             if located.exists():
                 found.add(located.resolve())
-    except importlib.metadata.PackageNotFoundError:
-        pass
     return sorted(found)
 
 
