@@ -310,6 +310,8 @@ def bwrap_command(mode: Mode, hidden: tuple[Path, ...] = ()) -> list[str]:
         if any(h == b or b in h.parents for b in bound + [Path(s) for s in SYSTEM_DIRS]):
             if h.is_dir():
                 cmd += ["--tmpfs", str(h)]
+                if h.name in OUR_TOP_LEVEL:  # not even an empty namespace package
+                    cmd += ["--ro-bind", str(WORKER_PKG / "_absent.py"), str(h / "__init__.py")]
             elif h.exists():  # a file (e.g. a zip of submissions): show an empty one
                 cmd += ["--ro-bind", "/dev/null", str(h)]
     cmd += ["--perms", "0755", "--dir", MOUNT_ROOT]

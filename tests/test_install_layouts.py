@@ -148,7 +148,8 @@ def _check_graded(out: Path, proc: subprocess.CompletedProcess, secret: Path) ->
     result = json.loads((out / "hostile" / "result.json").read_text())
     assert result["execution"]["isolation"].startswith("sandboxed (bubblewrap, user namespaces)")
     executed = (out / "hostile" / "executed.ipynb").read_text()
-    assert "No module named 'reference'" in executed
+    last = _stdout_lines(out / "hostile" / "executed.ipynb")[-4:]
+    assert "No module named 'reference'" in executed, last
     (seen_line,) = [
         line for line in _stdout_lines(out / "hostile" / "executed.ipynb") if "SEEN " in line
     ]
@@ -168,7 +169,8 @@ def _stdout_lines(path: Path) -> list[str]:
     lines = []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
-            lines += str(output.get("text", "")).splitlines()
+            text = output.get("text") or f"{output.get('ename')}: {output.get('evalue')}"
+            lines += str(text).splitlines()
     return lines
 
 
