@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,46 @@ def test_no_sandbox_grades_and_every_result_records_it(tmp_path):
     result = json.loads((out / "full_marks" / "result.json").read_text())
     assert result["score"] == 40
     assert "--no-sandbox: the user chose" in result["execution"]["isolation"]
+
+
+@pytest.mark.slow
+def test_what_a_worker_writes_natively_never_reaches_the_grader():
+    """A flood on the worker's fd 1 and 2 (not Python's captured streams) goes nowhere."""
+    launcher = Launcher(preload=("numpy",))
+    try:
+        worker = launcher.spawn(0)
+        reply = worker.request(
+            {
+                "op": "run_cell",
+                "source": "import os\nfor _ in range(20):\n"
+                "    os.write(2, b'x' * 5_000_000)\n    os.write(1, b'y' * 5_000_000)\n"
+                "print('done')",
+            },
+            60,
+        )
+        worker.close()
+        assert reply["outputs"][0]["text"].strip() == "done"
+        assert b"xxxx" not in launcher._zygote._stderr_tail
+    finally:
+        launcher.close()
+
+
+def test_the_zygotes_stderr_is_kept_as_a_bounded_tail():
+    from grader.launcher import STDERR_TAIL, Zygote
+
+    read_end, write_end = os.pipe()
+
+    class Proc:
+        stderr = os.fdopen(read_end, "rb")
+
+    zygote = Zygote.__new__(Zygote)
+    zygote.proc, zygote._stderr_tail = Proc(), b""
+    writer = __import__("threading").Thread(
+        target=lambda: (
+            [os.write(write_end, b"z" * 1_000_000) for _ in range(50)] and os.close(write_end)
+        )
+    )
+    writer.start()
+    zygote._drain()  # returns at end of file
+    writer.join()
+    assert zygote._stderr_tail == b"z" * STDERR_TAIL
