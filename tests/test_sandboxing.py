@@ -196,13 +196,14 @@ def test_the_zygotes_stderr_is_kept_as_a_bounded_tail():
     class Proc:
         stderr = os.fdopen(read_end, "rb")
 
-    zygote = Zygote.__new__(Zygote)
+    def flood() -> None:
+        for _ in range(50):
+            os.write(write_end, b"z" * 1_000_000)
+        os.close(write_end)
+
+    zygote = Zygote.__new__(Zygote)  # only its stderr reader, on a real pipe
     zygote.proc, zygote._stderr_tail = Proc(), b""
-    writer = __import__("threading").Thread(
-        target=lambda: (
-            [os.write(write_end, b"z" * 1_000_000) for _ in range(50)] and os.close(write_end)
-        )
-    )
+    writer = threading.Thread(target=flood)
     writer.start()
     zygote._drain()  # returns at end of file
     writer.join()
