@@ -157,6 +157,13 @@ def explain(facts: HostFacts, bwrap_said: str) -> str:
                 "or `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, or grade "
                 "as root." + said
             )
+    if "max_" in bwrap_said and "namespaces" in bwrap_said or "ENOSPC" in bwrap_said:
+        return (
+            "no more user namespaces may be made here: user.max_user_namespaces is used up, "
+            "or convgrade itself runs inside a sandbox that forbids nesting one. Fix: run "
+            "convgrade outside that sandbox, or raise the limit (`sudo sysctl -w "
+            "user.max_user_namespaces=15000`)." + said
+        )
     if facts.container:
         return (
             f"this is an unprivileged {facts.container} container, which forbids the "

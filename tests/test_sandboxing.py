@@ -208,3 +208,10 @@ def test_the_zygotes_stderr_is_kept_as_a_bounded_tail():
     zygote._drain()  # returns at end of file
     writer.join()
     assert zygote._stderr_tail == b"z" * STDERR_TAIL
+
+
+def test_a_used_up_namespace_limit_is_named_before_the_container_guess():
+    said = "Creating new namespace failed: nesting depth or max_*_namespaces exceeded (ENOSPC)"
+    text = sandboxing.explain(facts(container="docker"), said)
+    assert text.startswith("no more user namespaces may be made here")
+    assert "docker" not in text.split("(bubblewrap said")[0]
