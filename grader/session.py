@@ -211,7 +211,17 @@ class NotebookSession:
                 "budget",
                 f"the checks used up their {self.timeouts.checks_budget:g} s for this notebook",
             )
-        return self.worker.request(message, min(timeout or self.timeouts.call, remaining))
+        call = timeout or self.timeouts.call
+        try:
+            return self.worker.request(message, min(call, remaining))
+        except WorkerFailure as exc:
+            if exc.kind in ("timeout", "interrupted") and remaining < call:
+                raise WorkerFailure(
+                    exc.kind,
+                    f"was stopped when the checks used up their {self.timeouts.checks_budget:g} "
+                    "s for this notebook",
+                ) from None
+            raise
 
 
 class _GiveUp(Exception):
