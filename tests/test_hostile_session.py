@@ -12,7 +12,8 @@ import nbformat
 import pytest
 from fakeworker import FakeLauncher, cell_reply, serve_forever
 
-from grader import client, session as session_mod
+from grader import client
+from grader import session as session_mod
 from grader.grading import Prepared, executed_notebook
 from grader.notebook import Cell, LoadedNotebook
 from grader.proxy import Student, WorkerGone
@@ -47,7 +48,7 @@ def cells(*sources: str) -> tuple[Cell, ...]:
 
 
 def slow_then_crash(fake, request):
-    """"slow" takes 1 s each time it runs (first run and every replay); "crash" kills."""
+    """ "slow" takes 1 s each time it runs (first run and every replay); "crash" kills."""
     source = request.get("source", "")
     if source == "slow":
         time.sleep(1.0)
