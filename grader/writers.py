@@ -55,12 +55,16 @@ def _fmt(x: float) -> str:
 
 # A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...),
 # =cmd|...). Such text cells get a leading apostrophe, which spreadsheets show as text.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@", "\t")
 
 
 def csv_cell(value: str) -> str:
-    """``value`` made safe for a spreadsheet: never read as a formula."""
-    value = str(value)
+    """``value`` made safe for a spreadsheet: never read as a formula.
+
+    A lone carriage return becomes a newline too: the csv module quotes a cell that holds
+    a newline, but not one that holds only a "\\r", which readers take for a row's end.
+    """
+    value = str(value).replace("\r\n", "\n").replace("\r", "\n")
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
