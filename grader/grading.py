@@ -87,6 +87,9 @@ def _question_totals(assignment: Assignment, tests: list[CheckResult]):
     return tuple(out)
 
 
+MAX_CELL_ERRORS = 50  # listed for the student; a notebook of 20,000 failing cells says so once
+
+
 def _cell_errors(session: NotebookSession) -> list[str]:
     errors = []
     for rec in session.records:
@@ -99,6 +102,9 @@ def _cell_errors(session: NotebookSession) -> list[str]:
             errors.append(f"{label}: {rec.evalue}")
         elif rec.status == "skipped":
             errors.append(f"{label} was not run: {rec.evalue}")
+    if len(errors) > MAX_CELL_ERRORS:
+        more = len(errors) - MAX_CELL_ERRORS
+        errors = errors[:MAX_CELL_ERRORS] + [f"... and {more} more cells like these"]
     if session.shell_commands:
         errors.append(
             "shell commands (!, %sx, %%bash, %%sh, %%script and the like) are not run under "

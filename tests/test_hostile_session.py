@@ -179,3 +179,18 @@ def test_a_forged_7_9_mb_reply_stops_the_worker_and_the_row_says_why(launchers):
     assert [r.status for r in session.records] == ["ok", "killed", "ok"]
     assert "broke the protocol" in session.records[1].evalue
     assert session.output_bytes < 1_000_000
+
+
+def test_a_notebook_of_many_failing_cells_lists_a_bounded_number(launchers):
+    from grader.grading import MAX_CELL_ERRORS, _cell_errors
+
+    error = {"ename": "ValueError", "evalue": "no", "traceback": ""}
+    launcher = launchers(serve_forever(lambda fake, request: cell_reply(error=error)))
+    session = NotebookSession(launcher, cells(*["1"] * 300), Timeouts())
+    session.run_notebook()
+    session.close()
+
+    errors = _cell_errors(session)
+
+    assert len(errors) == MAX_CELL_ERRORS + 1
+    assert errors[-1] == f"... and {300 - MAX_CELL_ERRORS} more cells like these"
