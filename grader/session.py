@@ -199,18 +199,14 @@ class NotebookSession:
         """
         if self.checks_deadline is None:
             self.checks_deadline = time.monotonic() + self.timeouts.checks_budget
+        self._check_budget()
         if self.worker is None or not self.worker.alive:
             try:
                 # A replay for the checks spends the checks' budget.
                 self._restart(self.checks_deadline)
             except _GiveUp as exc:
                 raise WorkerFailure("died", str(exc)) from None
-        remaining = self.checks_deadline - time.monotonic()
-        if remaining <= 0:
-            raise WorkerFailure(
-                "budget",
-                f"the checks used up their {self.timeouts.checks_budget:g} s for this notebook",
-            )
+        remaining = self._check_budget()
         call = timeout or self.timeouts.call
         try:
             return self.worker.request(message, min(call, remaining))
@@ -222,6 +218,16 @@ class NotebookSession:
                     "s for this notebook",
                 ) from None
             raise
+
+    def _check_budget(self) -> float:
+        """The seconds left to the checks, or WorkerFailure("budget") when none are."""
+        remaining = self.checks_deadline - time.monotonic()
+        if remaining <= 0:
+            raise WorkerFailure(
+                "budget",
+                f"the checks used up their {self.timeouts.checks_budget:g} s for this notebook",
+            )
+        return remaining
 
 
 class _GiveUp(Exception):
