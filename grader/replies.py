@@ -18,10 +18,10 @@ from .worker.protocol import Handle
 
 MAX_TEXT = 100_000  # characters in one message field (ename, evalue, a name)
 MAX_TRACEBACK = 50_000
-MAX_OUTPUTS = 200  # outputs in one cell's reply
+MAX_OUTPUTS = 500  # outputs kept from one cell's reply
 MAX_REPLY_OUTPUT_CHARS = 2 * 1024 * 1024  # all the outputs of one cell's reply
 MAX_SHELL_COMMANDS = 100
-MAX_PLAIN_ITEMS = 1_000_000  # containers and scalars in one value
+MAX_PLAIN_ITEMS = 5_000_000  # more than 8 MiB of JSON can hold: a bound for forged data
 MAX_DEPTH = 32
 _OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error")
 
@@ -55,11 +55,14 @@ def _text(reply: dict, key: str, limit: int = MAX_TEXT, default: str | None = ""
     return clean_text(value, limit)
 
 
-def _text_list(value, what: str, max_items: int, limit: int) -> list[str]:
+def _text_list(value, what: str, max_items: int, limit: int, cut: bool = False) -> list[str]:
+    """A list of text; more than ``max_items`` is refused, or with ``cut`` dropped."""
     if type(value) is not list:
         raise BadReply(f"{what} must be a list, got {type(value).__name__}")
     if len(value) > max_items:
-        raise BadReply(f"{what} has {len(value)} items (at most {max_items})")
+        if not cut:
+            raise BadReply(f"{what} has {len(value)} items (at most {max_items})")
+        value = value[:max_items]
     out = []
     for item in value:
         if type(item) is not str:
@@ -109,10 +112,8 @@ def _run_cell(reply: dict) -> dict:
     outputs = reply.get("outputs", [])
     if type(outputs) is not list:
         raise BadReply("'outputs' must be a list")
-    if len(outputs) > MAX_OUTPUTS:
-        raise BadReply(f"{len(outputs)} outputs for one cell (at most {MAX_OUTPUTS})")
     kept, size = [], 0
-    for raw in outputs:
+    for raw in outputs[:MAX_OUTPUTS]:
         out, n = _output(raw)
         size += n
         if size > MAX_REPLY_OUTPUT_CHARS:
@@ -121,6 +122,11 @@ def _run_cell(reply: dict) -> dict:
                 "keeps far less"
             )
         kept.append(out)
+    if len(outputs) > MAX_OUTPUTS:
+        # An honest cell can display many small outputs (the worker bounds their size, not
+        # their number): keep the first ones and say so.
+        note = f"[convgrade: {len(outputs) - MAX_OUTPUTS} more outputs of this cell were not kept]"
+        kept.append({"output_type": "stream", "name": "stderr", "text": note + "\n"})
     error = reply.get("error")
     if error is not None:
         if type(error) is not dict:
@@ -133,7 +139,9 @@ def _run_cell(reply: dict) -> dict:
     duration = reply.get("duration", 0.0)
     if type(duration) not in (int, float) or not math.isfinite(duration) or duration < 0:
         raise BadReply("'duration' must be a finite number of seconds")
-    shell = _text_list(reply.get("shell_commands", []), "'shell_commands'", MAX_SHELL_COMMANDS, 500)
+    shell = _text_list(
+        reply.get("shell_commands", []), "'shell_commands'", MAX_SHELL_COMMANDS, 500, cut=True
+    )
     return {
         "ok": True,
         "outputs": kept,

@@ -159,9 +159,6 @@ FORGED_CELL_REPLIES = {
     ),
     "outputs not a list": cell_reply(outputs={"a": 1}),
     "unknown output type": cell_reply(outputs=[{"output_type": "javascript", "code": "x"}]),
-    "too many outputs": cell_reply(
-        outputs=[{"output_type": "stream", "name": "stdout", "text": "x"}] * 10_000
-    ),
     "7.9 MB in one reply": cell_reply("x" * 7_900_000),
     "error name not text": cell_reply(error={"ename": 3, "evalue": "", "traceback": ""}),
     "duration not a number": cell_reply(duration="soon"),
@@ -196,6 +193,20 @@ def test_forged_replies_to_the_checks_requests_are_refused(fakes, op, forged):
 
     with pytest.raises(WorkerFailure, match=rf"reply to '{op}' broke the protocol"):
         fake.client.request({"op": op}, 5.0)
+
+
+def test_many_small_outputs_are_cut_with_a_note_not_refused(fakes):
+    # An honest cell can display thousands of tiny outputs: the worker bounds their size only.
+    outputs = [{"output_type": "display_data", "data": {"text/plain": "1"}}] * 10_000
+    commands = [f"ls {i}" for i in range(1000)]
+    fake = fakes(replying(cell_reply(outputs=outputs, shell_commands=commands)))
+
+    reply = fake.client.request({"op": "run_cell", "source": ""}, 5.0)
+
+    assert len(reply["outputs"]) == replies.MAX_OUTPUTS + 1
+    assert "9500 more outputs of this cell were not kept" in reply["outputs"][-1]["text"]
+    assert len(reply["shell_commands"]) == replies.MAX_SHELL_COMMANDS
+    assert fake.client.alive
 
 
 def test_a_value_with_lone_surrogates_comes_back_valid(fakes):
