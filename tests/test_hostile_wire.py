@@ -7,6 +7,10 @@ student code that took over the real worker's channel. Each test names the attac
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -233,15 +237,7 @@ def test_json_nested_a_million_levels_deep_is_a_protocol_error_not_a_crash(fakes
 
 
 def test_a_forged_hello_refuses_the_worker():
-    import socket
-
-    from grader.client import WorkerProcess
-
     mine, theirs = socket.socketpair()
-    import os
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         pidfd = os.pidfd_open(proc.pid)
@@ -249,7 +245,7 @@ def test_a_forged_hello_refuses_the_worker():
         os.close(pidfd)
         protocol.Channel(theirs).send({"ok": True, "notes": [np.zeros(2)]})
         with pytest.raises(WorkerFailure, match="the worker did not start"):
-            WorkerProcess(mine)
+            client.WorkerProcess(mine)
         assert proc.wait(5) < 0  # killed
     finally:
         proc.kill()
