@@ -124,9 +124,11 @@ def _status(session: NotebookSession) -> str:
     statuses = {r.status for r in session.records}
     if any(r.ename == "MemoryError" for r in session.records):
         return "memory"
-    if "timeout" in statuses or "skipped" in statuses:
+    # A cell skipped because its worker kept dying is a crash, not a timeout.
+    timed_out = [r for r in session.records if r.status == "skipped" and r.ename != "WorkerDied"]
+    if "timeout" in statuses or timed_out:
         return "timeout"
-    if "killed" in statuses or session.restarts:
+    if "killed" in statuses or "skipped" in statuses or session.restarts:
         return "crashed"
     return "graded"
 

@@ -109,7 +109,8 @@ class NotebookSession:
                 if timeout <= 0:
                     raise _GiveUp(
                         f"the notebook used up its {self.timeouts.notebook:g} s "
-                        "(replaying it after a crash)"
+                        "(replaying it after a crash)",
+                        "NotebookTimeout",
                     )
             reply = self.worker.request({"op": "run_cell", "source": cell.source}, timeout)
         except WorkerFailure as exc:
@@ -127,7 +128,7 @@ class NotebookSession:
                 exc.message,
             )
         except _GiveUp as exc:
-            return CellRecord(cell.index, "skipped", 0.0, "WorkerDied", str(exc))
+            return CellRecord(cell.index, "skipped", 0.0, exc.ename, exc.message)
         self.replayable.append(cell)
         # The reply was checked by the client (grader.replies): fields have their types.
         self._keep(cell.index, reply["outputs"])
@@ -231,7 +232,12 @@ class NotebookSession:
 
 
 class _GiveUp(Exception):
-    pass
+    """No worker for this cell: it died too often ("WorkerDied") or time ran out."""
+
+    def __init__(self, message: str, ename: str = "WorkerDied") -> None:
+        super().__init__(message)
+        self.message = message
+        self.ename = ename
 
 
 def _nbformat_size(output: dict) -> int:

@@ -134,6 +134,7 @@ def test_a_forged_reply_of_7_9_mb_stops_the_worker_with_a_reason(batch):
 
     assert executed.stat().st_size <= 20 * 10**6
     assert any("broke the protocol" in e for e in r["errors"])
+    assert r["status"] == "crashed"  # its worker kept dying: not a timeout
     assert r["execution"]["restarts"] == 3  # then it gave up, quickly
     assert r["execution"]["duration"] < 30
 

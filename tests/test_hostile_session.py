@@ -77,6 +77,7 @@ def test_replays_after_crashes_share_the_notebook_budget(launchers):
     assert took < 2.5 + 0.3 + 0.6
     assert [r.status for r in session.records][-1] == "skipped"
     assert "used up its 2.5 s" in session.records[-1].evalue
+    assert session.records[-1].ename == "NotebookTimeout"
 
 
 def test_the_checks_share_one_budget(launchers):
