@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 
+from . import memlimit
 from .errors import WorkerFailure
 from .worker import protocol
 
@@ -21,19 +22,21 @@ GRACE_SECONDS = 2.0
 
 
 class WorkerProcess:
-    def __init__(self, sock: socket.socket, on_close=None) -> None:
+    def __init__(self, sock: socket.socket, on_close=None, guard=None) -> None:
         self.sock = sock
         self.on_close = on_close
         self.channel = protocol.Channel(sock)
         self.alive = True
         self.notes: list[str] = []
         self.pidfd = None
+        self.guard = None  # memlimit: the worker's cgroup or watch
         try:
             sock.settimeout(60)
             msg, fds, _, _ = socket.recv_fds(sock, 1, 1)
             if msg != b"P" or len(fds) != 1:
                 raise WorkerFailure("died", "the worker did not start")
             self.pidfd = fds[0]
+            self.guard = memlimit.attach(guard, self.pidfd)  # before any student code
             hello = self._read(60)
             self.notes = [str(n) for n in hello.get("notes", [])]
         except (OSError, protocol.ProtocolError) as exc:
@@ -66,6 +69,7 @@ class WorkerProcess:
         except TimeoutError:
             raise protocol.ProtocolError("the worker stalled in the middle of a message") from None
 
+    @memlimit.reports_memory_kills
     def request(self, message: dict, timeout: float) -> dict:
         """Send one request and return the reply, or raise :class:`WorkerFailure`."""
         if not self.alive:
@@ -102,6 +106,7 @@ class WorkerProcess:
             except (OSError, protocol.ProtocolError):
                 pass
         self.signal(signal.SIGKILL)
+        memlimit.release(self.guard)  # while the pidfd is still ours
         self.alive = False
         self.channel.close()
         if self.pidfd is not None:

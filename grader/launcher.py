@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from .assignment import DEFAULT_PRELOAD
 from .errors import GraderBug
+from .memlimit import MemoryGuard
 
 if TYPE_CHECKING:
     from .client import WorkerProcess
@@ -293,6 +294,9 @@ class Launcher:
             ok, why = False, "sandbox disabled by the caller"
         self.sandbox = ok
         notes = () if ok else (why, "student code can read files and use the network")
+        # memlimit: one budget per submission (cgroup v2, cgroup v1 or a watcher)
+        self.memory = MemoryGuard(self.limits.memory_mib, self.limits.max_processes)
+        notes += (self.memory.describe(),)
         self.isolation = Isolation(sandboxed=ok, notes=notes)
         self._zygote: Zygote | None = None
         self._pending: queue.Queue | None = None
@@ -383,7 +387,7 @@ class Launcher:
             raise
         from .client import WorkerProcess  # numpy, via the wire protocol: not needed to start
 
-        return WorkerProcess(sock, on_close=owned.close if owned else None)
+        return WorkerProcess(sock, on_close=owned.close if owned else None, guard=self.memory)
 
     def close(self) -> None:
         if os.getpid() == self._owner:  # a forked grading process does not own the zygote

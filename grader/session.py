@@ -86,12 +86,12 @@ class NotebookSession:
             if exc.kind == "interrupted":
                 self.outputs[cell.index] = [_error_output("TimeoutError", exc.message)]
             else:
-                self.outputs[cell.index] = [_error_output("WorkerDied", exc.message)]
+                self.outputs[cell.index] = [_error_output(_died_of(exc), exc.message)]
             return CellRecord(
                 cell.index,
                 status,
                 elapsed,
-                "Timeout" if status == "timeout" else "WorkerDied",
+                "Timeout" if status == "timeout" else _died_of(exc),
                 exc.message,
             )
         except _GiveUp as exc:
@@ -147,3 +147,8 @@ class _GiveUp(Exception):
 
 def _error_output(ename: str, evalue: str) -> dict:
     return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": []}
+
+
+def _died_of(exc: WorkerFailure) -> str:
+    # memlimit: a worker killed for its memory budget makes the submission's status "memory"
+    return "MemoryError" if exc.kind == "memory" else "WorkerDied"
