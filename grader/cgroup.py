@@ -252,18 +252,20 @@ class WorkerCgroup:
 
     def kill(self) -> None:
         """SIGKILL every process in the group (cgroup.kill on v2 kernels that have it)."""
-        for d in dict.fromkeys(self.dirs.values()):
-            if self.layout.version == 2 and (d / "cgroup.kill").exists():
-                try:
-                    _write(d / "cgroup.kill", "1")
-                    continue
-                except OSError:
-                    pass
-            for pid in self.pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+        kill_file = self.dirs["memory"] / "cgroup.kill"
+        if self.layout.version == 2 and kill_file.exists():
+            try:
+                _write(kill_file, "1")
+                return
+            except OSError:
+                pass
+        # v1: one by one. A pid listed here is a member, so it is not a recycled stranger's
+        # unless it exits and is reused between the read and the kill (microseconds).
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def remove(self, timeout: float = 2.0) -> bool:
         """Kill what is left, then remove the directories; False if one stayed (busy)."""

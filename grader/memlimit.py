@@ -73,6 +73,18 @@ def host_pid(pidfd: int) -> int:
     return -1
 
 
+def group_limit_bytes(memory_mib: int) -> int:
+    """What the whole tree may hold: the budget plus a little slack (64 to 256 MiB).
+
+    The slack lets the per-process ``RLIMIT_AS`` (the same budget, on address space) fail
+    first for a single process that allocates too much: Python raises ``MemoryError`` in the
+    cell and the notebook goes on, instead of the whole worker being killed. Copy-on-write
+    copies of the zygote's pages, which the address space does not see, also fit in it.
+    """
+    budget = int(memory_mib) * MIB
+    return budget + min(256 * MIB, max(64 * MIB, budget // 16))
+
+
 class MemoryGuard:
     """The budget and how it is enforced, decided once for every worker of one launcher."""
 
@@ -131,7 +143,7 @@ class MemoryGuard:
             name = f"convgrade-{os.getpid()}-{next(self._names)}"
             try:
                 guard.group = cgroup.WorkerCgroup(
-                    self.layout, name, self.memory_mib * MIB, self.max_processes
+                    self.layout, name, group_limit_bytes(self.memory_mib), self.max_processes
                 )
                 guard.group.add(pid)
                 guard.mode = self.mode
@@ -181,7 +193,7 @@ class WorkerGuard:
                 return not self.tripped
             used, pids = memwatch.tree_bytes(self.pid, TMPFS_PATHS)
             self.peak = max(self.peak, used - self.baseline)
-            if used - self.baseline > self.owner.memory_mib * MIB:
+            if used - self.baseline > group_limit_bytes(self.owner.memory_mib):
                 self._trip(pids)
             return not self.tripped
 
