@@ -28,6 +28,7 @@ import itertools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from . import cgroup, memwatch
@@ -169,9 +170,10 @@ class WorkerGuard:
         self.group: cgroup.WorkerCgroup | None = None
         self.note = ""
         self.baseline = 0  # watcher: the tree's memory when it was attached
-        self.peak = 0  # watcher: the most seen above the baseline
+        self.peak = 0  # watcher: the most PSS measured above the baseline
         self.tripped = ""
         self.released = False
+        self._next_precise = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -191,11 +193,25 @@ class WorkerGuard:
                 if self.group.oom_kills() > 0:
                     self._trip()
                 return not self.tripped
-            used, pids = memwatch.tree_bytes(self.pid, TMPFS_PATHS)
-            self.peak = max(self.peak, used - self.baseline)
-            if used - self.baseline > group_limit_bytes(self.owner.memory_mib):
-                self._trip(pids)
-            return not self.tripped
+            return self._watch()
+
+    def _watch(self) -> bool:
+        limit = group_limit_bytes(self.owner.memory_mib)
+        upper, pids = memwatch.tree_bytes(self.pid, TMPFS_PATHS, precise=False)
+        if upper - self.baseline <= limit:
+            return True
+        now = time.monotonic()
+        if now < self._next_precise:
+            return True
+        started = time.thread_time()
+        used, pids = memwatch.tree_bytes(self.pid, TMPFS_PATHS)
+        # A big tree of processes can take tens of ms to measure: keep that under about a
+        # tenth of a core, at the price of a slower reaction for such trees only.
+        self._next_precise = now + 9 * (time.thread_time() - started)
+        self.peak = max(self.peak, used - self.baseline)
+        if used - self.baseline > limit:
+            self._trip(pids)
+        return not self.tripped
 
     def _trip(self, pids: list[int] = ()) -> None:
         self.tripped = self.message

@@ -7,6 +7,10 @@ each page shared with the zygote (or between the tree's own processes) among its
 so the libraries every worker shares count once across workers, and memory duplicated by
 ``fork`` counts once per page actually copied.
 
+PSS costs a page-table walk per process (milliseconds), resident-page counters cost
+microseconds and are never below it; so each look reads the counters, and measures PSS
+only when they leave the budget possibly exceeded.
+
 The same timer gives cgroup v1 its group kill (see :mod:`grader.memlimit`).
 """
 
@@ -41,16 +45,40 @@ def descendants(pid: int) -> list[int]:
     return seen
 
 
-def pss_bytes(pid: int) -> int:
-    """The process's PSS in bytes (0 if it is gone)."""
+def _fields(path: str, names: tuple[bytes, ...]) -> dict[bytes, int]:
+    found: dict[bytes, int] = {}
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(b":")
+                if key in names:
+                    found[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return found
+
+
+def pss_bytes(pid: int) -> int:
+    """The process's share of anonymous and shared-memory pages (PSS), in bytes; 0 if gone.
+
+    File-backed pages (the libraries, page cache) are left out: they are shared and
+    reclaimable, and whatever a notebook writes to a file sits in a tmpfs, which
+    :func:`tmpfs_bytes` counts. Costs a walk of the process's page tables: about 2.5 ms for
+    a Python with NumPy, 10 ms with TensorFlow (measured).
+    """
+    f = _fields(f"/proc/{pid}/smaps_rollup", (b"Pss", b"Pss_Anon", b"Pss_Shmem"))
+    if b"Pss_Anon" in f:
+        return f[b"Pss_Anon"] + f.get(b"Pss_Shmem", 0)
+    return f.get(b"Pss", 0)  # kernels before 5.7 have no split
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident anonymous and shared-memory pages, in bytes: never below :func:`pss_bytes`,
+    and read from counters (about 30 us), so it says cheaply when PSS cannot be over."""
+    f = _fields(f"/proc/{pid}/status", (b"RssAnon", b"RssShmem", b"VmRSS"))
+    if b"RssAnon" in f:
+        return f[b"RssAnon"] + f.get(b"RssShmem", 0)
+    return f.get(b"VmRSS", 0)
 
 
 def tmpfs_bytes(pid: int, paths: Iterable[str]) -> int:
@@ -74,10 +102,15 @@ def tmpfs_bytes(pid: int, paths: Iterable[str]) -> int:
     return total
 
 
-def tree_bytes(pid: int, tmpfs_paths: Iterable[str] = ()) -> tuple[int, list[int]]:
-    """Memory of the tree below ``pid`` (PSS summed, plus its tmpfs), and its pids."""
+def tree_bytes(
+    pid: int, tmpfs_paths: Iterable[str] = (), precise: bool = True
+) -> tuple[int, list[int]]:
+    """Memory of the tree below ``pid`` plus its tmpfs, and its pids: PSS when ``precise``,
+    else the cheap upper bound (resident pages, which count a page shared by the tree's
+    processes once per process)."""
     pids = descendants(pid)
-    return sum(pss_bytes(p) for p in pids) + tmpfs_bytes(pid, tmpfs_paths), pids
+    measure = pss_bytes if precise else rss_bytes
+    return sum(measure(p) for p in pids) + tmpfs_bytes(pid, tmpfs_paths), pids
 
 
 class Watched(Protocol):
