@@ -291,11 +291,22 @@ class WorkerCgroup:
         return True
 
 
+_found: Layout | None = None
+
+
 def current_layout() -> Layout:
-    """The layout for this process, from the real ``/proc/self`` files."""
-    try:
-        mountinfo = Path("/proc/self/mountinfo").read_text()
-        member = Path("/proc/self/cgroup").read_text()
-    except OSError as exc:
-        raise CgroupUnavailable(f"cannot read /proc/self ({exc})") from None
-    return find_layout(mountinfo, member)
+    """The layout for this process, from the real ``/proc/self`` files.
+
+    Found once and kept: on v2 finding it may move the grader into a leaf, and a second
+    search from inside that leaf would move it one level deeper each time. Forked grading
+    processes inherit the grader's cgroups, so they share the answer.
+    """
+    global _found
+    if _found is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+            member = Path("/proc/self/cgroup").read_text()
+        except OSError as exc:
+            raise CgroupUnavailable(f"cannot read /proc/self ({exc})") from None
+        _found = find_layout(mountinfo, member)
+    return _found

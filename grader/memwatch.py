@@ -81,11 +81,14 @@ def rss_bytes(pid: int) -> int:
     return f.get(b"VmRSS", 0)
 
 
-def tmpfs_bytes(pid: int, paths: Iterable[str]) -> int:
+def tmpfs_bytes(pid: int, paths: Iterable[str], private_only: bool = True) -> int:
     """Bytes held by the file systems mounted at ``paths`` as seen by process ``pid``.
 
     Files written to a tmpfs stay in memory but belong to no process, so PSS misses them.
-    Each file system counts once (``/tmp`` and the work directory may be one mount).
+    Each file system counts once (``/tmp`` and the work directory may be one mount). With
+    ``private_only``, only mounts the grader itself does not see at the same path count:
+    the worker's own tmpfs mounts, not an unsandboxed worker's view of the machine's
+    ``/tmp``, whose other files are nobody's submission.
     """
     total, seen = 0, set()
     for path in paths:
@@ -95,11 +98,20 @@ def tmpfs_bytes(pid: int, paths: Iterable[str]) -> int:
             if dev in seen:
                 continue
             seen.add(dev)
+            if private_only and _own_device(path) == dev:
+                continue
             st = os.statvfs(where)
         except OSError:
             continue
         total += (st.f_blocks - st.f_bfree) * st.f_frsize
     return total
+
+
+def _own_device(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
 
 
 def tree_bytes(

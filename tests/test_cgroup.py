@@ -130,6 +130,21 @@ def test_v2_enables_missing_controllers_in_its_own_cgroup(v2_tree):
     assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
 
 
+def test_v2_grader_alone_in_its_cgroup_moves_into_a_leaf(v2_tree):
+    _, _, own = v2_tree
+    (own / "cgroup.procs").write_text("4242\n")
+    cgroup._leave_for_leaf(own, 4242)
+    assert (own / "convgrade-grader-4242" / "cgroup.procs").read_text() == "4242"
+
+
+def test_v2_cgroup_shared_with_other_processes_is_not_taken_over(v2_tree):
+    _, _, own = v2_tree
+    (own / "cgroup.procs").write_text("4242\n77\n")
+    with pytest.raises(cgroup.CgroupUnavailable, match="holds other processes too.*systemd-run"):
+        cgroup._leave_for_leaf(own, 4242)
+    assert not (own / "convgrade-grader-4242").exists()
+
+
 def test_v2_own_cgroup_under_a_bind_mounted_subtree(tmp_path):
     # In a container the v2 mount shows only the container's sub-tree.
     root = tmp_path / "cg"
@@ -233,11 +248,14 @@ def test_tmpfs_bytes_sees_files_in_a_tmpfs():
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.statvfs(shm).f_blocks == 0:
         pytest.skip("no tmpfs at /dev/shm")
-    before = memwatch.tmpfs_bytes(os.getpid(), ["/dev/shm", "/dev/shm/"])
+    before = memwatch.tmpfs_bytes(os.getpid(), ["/dev/shm", "/dev/shm/"], private_only=False)
     path = shm / f"convgrade-test-{os.getpid()}"
     try:
         path.write_bytes(b"\1" * (16 * MIB))
-        after = memwatch.tmpfs_bytes(os.getpid(), ["/dev/shm", "/dev/shm/"])
+        after = memwatch.tmpfs_bytes(os.getpid(), ["/dev/shm", "/dev/shm/"], private_only=False)
+        # The grader's own view is not a worker's private mount: an unsandboxed worker sees
+        # the machine's /dev/shm, whose files are not its own.
+        assert memwatch.tmpfs_bytes(os.getpid(), ["/dev/shm"]) == 0
     finally:
         path.unlink()
     assert after - before >= 15 * MIB  # one mount, counted once although named twice
