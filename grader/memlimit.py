@@ -112,7 +112,8 @@ class MemoryGuard:
                 self.reason = str(exc)
         self.grader_note = protect_grader()
         self._names = itertools.count()
-        self._tag = f"convgrade-{os.getpid()}"
+        if self.layout is not None:
+            remove_stale_groups(self.layout)
 
     @property
     def mode(self) -> str:
@@ -252,6 +253,36 @@ class WorkerGuard:
             peak = self.group.peak()
             self.group.remove()
         HISTORY.append((self.mode, peak, bool(self.tripped)))
+
+
+def remove_stale_groups(layout: cgroup.Layout) -> int:
+    """Remove the empty worker cgroups of graders that died without cleaning up.
+
+    A group is named ``convgrade-<grader pid>-<n>``; only those whose grader is gone are
+    touched, and ``rmdir`` refuses a group that still holds a process. Returns how many went.
+    """
+    removed = 0
+    for parent in set(layout.parents.values()):
+        for d in parent.glob("convgrade-*-*"):
+            owner = d.name.split("-")[1]
+            if not owner.isdigit() or _alive(int(owner)):
+                continue
+            try:
+                os.rmdir(d)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def attach(guard: MemoryGuard | None, pidfd: int) -> WorkerGuard | None:

@@ -135,6 +135,11 @@ class Timer:
 
     def __init__(self, interval: float = INTERVAL) -> None:
         self.interval = interval
+        self._reset()
+        # A lock held by this thread at a fork would stay held in the child for ever.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._items: list[Watched] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()

@@ -278,3 +278,19 @@ def test_timer_polls_until_an_item_is_done():
         time.sleep(0.01)
     time.sleep(0.05)
     assert item.polls == 3 and item not in timer._items
+
+
+def test_stale_groups_of_dead_graders_are_removed(v1_tree):
+    info, member, own, pids = v1_tree
+    layout = cgroup.find_layout(info, member)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for parent in (own, pids):
+        (parent / f"convgrade-{dead.pid}-0").mkdir()
+        (parent / f"convgrade-{os.getpid()}-0").mkdir()  # ours: alive, left alone
+    (own / "unrelated").mkdir()
+    assert memlimit.remove_stale_groups(layout) == 2
+    assert sorted(p.name for p in own.iterdir() if p.is_dir()) == [
+        f"convgrade-{os.getpid()}-0",
+        "unrelated",
+    ]

@@ -69,6 +69,12 @@ print("kept it")
 """
 
 
+LOWER_OOM_SCORE = """
+with open("/proc/self/oom_score_adj", "w") as fh:
+    fh.write("0")
+"""
+
+
 def _layout_or_skip() -> cgroup.Layout:
     try:
         return cgroup.current_layout()
@@ -223,9 +229,15 @@ def test_watcher_stops_forked_children_and_workers_are_the_oom_killers_choice(
 def test_worker_cgroup_has_the_worker_and_its_limits_and_goes_away(tmp_path, monkeypatch):
     monkeypatch.delenv(memlimit.ENV_MODE, raising=False)
     _layout_or_skip()
-    launcher, session = _session(tmp_path, 700, "x = 1")
+    launcher, session = _session(
+        tmp_path, 700, "print(open('/proc/self/oom_score_adj').read().strip())", LOWER_OOM_SCORE
+    )
     try:
         session.run_notebook()
+        assert session.outputs[0][0]["text"].strip() == "1000"
+        # Set by a privileged grader, 1000 is also the floor: the student cannot lower it.
+        assert session.records[1].status == "error", session.records
+        assert session.records[1].ename == "PermissionError"
         group = session.worker.guard.group
         mem = group.dirs["memory"]
         pid = session.worker.guard.pid
