@@ -398,4 +398,5 @@ class Launcher:
                 if self._zygote is not None:
                     self._zygote.close()
                     self._zygote = None
+            self.memory.close()  # memlimit: the workers' cgroups, also the grading processes'
         self._births.put(None)
