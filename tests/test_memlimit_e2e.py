@@ -125,8 +125,9 @@ def _write_nb(path: Path, *sources: str) -> None:
     nbformat.write(nb, path)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_forked_children_share_one_budget_and_the_batch_carries_on(
-    tmp_path, engine_notebooks, mini_assignment, monkeypatch
+    tmp_path, engine_notebooks, mini_assignment, monkeypatch, jobs
 ):
     monkeypatch.delenv(memlimit.ENV_MODE, raising=False)
     layout = _layout_or_skip()
@@ -143,7 +144,7 @@ def test_forked_children_share_one_budget_and_the_batch_carries_on(
     started = time.monotonic()
     try:
         args = ["grade", str(subs), "-a", str(mini_assignment), "--out", str(out)]
-        code = run([*args, "--memory", "2048", "--jobs", "2"], stdout, stderr)
+        code = run([*args, "--memory", "2048", "--jobs", str(jobs)], stdout, stderr)
     finally:
         sampler.close()
     elapsed = time.monotonic() - started
