@@ -166,9 +166,11 @@ def test_forked_children_share_one_budget_and_the_batch_carries_on(
     assert sampler.seen and _gone(sampler.seen)
 
 
-def _session(tmp_path, memory_mib: int, *sources: str, disk_mib: int = 256):
+def _session(tmp_path, memory_mib: int, *sources: str, disk_mib: int = 256, sandbox=True):
     launcher = Launcher(
-        preload=PRELOAD, limits=WorkerLimits(memory_mib=memory_mib, disk_mib=disk_mib)
+        preload=PRELOAD,
+        limits=WorkerLimits(memory_mib=memory_mib, disk_mib=disk_mib),
+        force_unsandboxed=not sandbox,
     )
     cells = tuple(Cell(i, s) for i, s in enumerate(sources))
     session = NotebookSession(launcher, cells, Timeouts(cell=30, notebook=120, call=10))
@@ -262,3 +264,53 @@ def test_worker_cgroup_has_the_worker_and_its_limits_and_goes_away(tmp_path, mon
         session.close()
         launcher.close()
     assert _gone(dirs)
+
+
+NAMED_HOG = """
+import os, time
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with open({where!r} + "/" + str(os.getpid()), "w"):
+                pass
+            block = bytearray(300 * 2**20)
+            time.sleep(20)
+        finally:
+            os._exit(0)
+time.sleep(20)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("mode", ["auto", "watcher"])
+def test_children_of_an_unsandboxed_worker_are_killed_too(tmp_path, monkeypatch, mode):
+    # Without a PID namespace, killing the worker leaves its children running: the guard
+    # must kill them itself (from the cgroup's list, or from the watched tree).
+    monkeypatch.setenv(memlimit.ENV_MODE, mode)
+    if mode == "auto":
+        _layout_or_skip()
+    where = tmp_path / "pids"
+    where.mkdir()
+    launcher, session = _session(tmp_path, 512, NAMED_HOG.format(where=str(where)), sandbox=False)
+    started = time.monotonic()
+    try:
+        session.run_notebook()
+    finally:
+        session.close()
+        launcher.close()
+    assert session.records[0].ename == "MemoryError", session.records
+    assert time.monotonic() - started < 15
+    children = [int(p.name) for p in where.iterdir()]
+    assert len(children) == 3
+    deadline = time.monotonic() + 5
+    while any(_running(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(p) for p in children)
