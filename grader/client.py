@@ -39,6 +39,7 @@ class WorkerProcess:
             self.guard = memlimit.attach(guard, self.pidfd)  # before any student code
             hello = self._read(60)
             self.notes = [str(n) for n in hello.get("notes", [])]
+            self.notes += memlimit.notes(self.guard)  # e.g. a cgroup that could not be made
         except (OSError, protocol.ProtocolError) as exc:
             self.close()
             raise WorkerFailure("died", f"the worker did not start ({exc})") from None

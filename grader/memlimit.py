@@ -338,6 +338,11 @@ def attach(guard: MemoryGuard | None, pidfd: int) -> WorkerGuard | None:
     return guard.attach(pidfd) if guard is not None else None
 
 
+def notes(worker_guard: WorkerGuard | None) -> list[str]:
+    """What this worker's report should say about its memory limit beyond the launcher's."""
+    return [worker_guard.note] if worker_guard is not None and worker_guard.note else []
+
+
 def release(worker_guard: WorkerGuard | None) -> None:
     if worker_guard is not None:
         worker_guard.release()

@@ -314,3 +314,20 @@ def test_children_of_an_unsandboxed_worker_are_killed_too(tmp_path, monkeypatch,
     while any(_running(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_running(p) for p in children)
+
+
+def test_a_cgroup_that_cannot_be_made_falls_back_to_the_watcher(tmp_path, monkeypatch):
+    monkeypatch.delenv(memlimit.ENV_MODE, raising=False)
+    launcher, session = _session(tmp_path, 512, FORK_HOG.format(children=4, mib=256, hold=6))
+    # A layout whose parent directory does not exist: making the group fails (ENOENT).
+    broken = cgroup.Layout(1, {"memory": tmp_path / "no-such-cgroup"})
+    launcher.memory = memlimit.MemoryGuard(512, find_layout=lambda: broken)
+    try:
+        session.run_notebook()
+        notes = list(session.notes)
+    finally:
+        session.close()
+        launcher.close()
+    assert any(n.startswith("cgroup failed (") and "watching instead" in n for n in notes), notes
+    assert session.records[0].ename == "MemoryError", session.records
+    assert memlimit.HISTORY[-1][0] == "watcher" and memlimit.HISTORY[-1][2]
