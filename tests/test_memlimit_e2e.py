@@ -220,7 +220,6 @@ def test_watcher_stops_forked_children_and_workers_are_the_oom_killers_choice(
         "print(open('/proc/self/oom_score_adj').read().strip())",
         FORK_HOG.format(children=4, mib=256, hold=6),
     )
-    started = time.monotonic()
     try:
         session.run_notebook()
     finally:
@@ -229,12 +228,14 @@ def test_watcher_stops_forked_children_and_workers_are_the_oom_killers_choice(
     assert launcher.memory.mode == "watcher"
     assert session.outputs[0][0]["text"].strip() == "1000"
     assert session.records[1].ename == "MemoryError", session.records
-    assert time.monotonic() - started < 5  # well before the children's 6 s were up
+    assert session.records[1].duration < 6  # stopped before the children's 6 s were up
     assert grading._status(session) == "memory"
     mode, peak, killed = memlimit.HISTORY[-1]
     assert (mode, killed) == ("watcher", True)
-    # What the watcher last saw: past the budget and its slack, by less than 0.15 s of writes.
-    assert memlimit.group_limit_bytes(512) < peak < 1024 * MIB
+    # What the watcher measured when it killed: past the limit. How far past depends on how
+    # soon its thread ran (about 60 MiB on a quiet machine, up to all 1 GiB asked for when
+    # other work starved it), so only the notebook's own total bounds it here.
+    assert memlimit.group_limit_bytes(512) < peak < (4 * 256 + 128) * MIB
     if memlimit.protect_grader() == "":
         assert int(Path("/proc/self/oom_score_adj").read_text()) <= memlimit.GRADER_OOM_SCORE_ADJ
 
@@ -300,14 +301,13 @@ def test_children_of_an_unsandboxed_worker_are_killed_too(tmp_path, monkeypatch,
     where = tmp_path / "pids"
     where.mkdir()
     launcher, session = _session(tmp_path, 512, NAMED_HOG.format(where=str(where)), sandbox=False)
-    started = time.monotonic()
     try:
         session.run_notebook()
     finally:
         session.close()
         launcher.close()
     assert session.records[0].ename == "MemoryError", session.records
-    assert time.monotonic() - started < 15
+    assert session.records[0].duration < 15  # not the 20 s the processes would have slept
     children = [int(p.name) for p in where.iterdir()]
     assert len(children) == 3
     deadline = time.monotonic() + 5
