@@ -3,10 +3,13 @@
 The trusted side applies it to each worker as soon as the worker's pidfd arrives, before any
 request runs student code (children forked later inherit all of it):
 
-- a cgroup of its own (:mod:`grader.cgroup`, v2 or v1) with the ``--memory`` budget and the
-  process limit, wherever one can be made;
-- otherwise a watcher (:mod:`grader.memwatch`) that sums the tree's PSS and tmpfs every
-  0.15 s and kills the tree past the budget.
+- a cgroup of its own (:mod:`grader.cgroup`, v2 or v1) with the ``--memory`` budget (plus
+  the slack of :func:`group_limit_bytes`) and the process limit, wherever one can be made;
+- otherwise a watcher (:mod:`grader.memwatch`) that looks at the tree's memory (PSS) and
+  tmpfs every 0.15 s and kills the tree past the same limit.
+
+The worker's cgroup is removed once its processes are gone, by the watch thread so that
+grading does not wait for a large process to exit.
 
 Workers get ``oom_score_adj`` 1000 and the grader, where it may lower its own, -800: if the
 machine itself runs short, the kernel picks a student's process, never the grader.
