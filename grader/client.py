@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 
-from . import replies
+from . import memlimit, replies
 from .errors import WorkerFailure
 from .worker import protocol
 
@@ -28,21 +28,24 @@ HELLO_SECONDS = 60.0
 
 
 class WorkerProcess:
-    def __init__(self, sock: socket.socket, on_close=None) -> None:
+    def __init__(self, sock: socket.socket, on_close=None, guard=None) -> None:
         self.sock = sock
         self.on_close = on_close
         self.channel = protocol.Channel(sock)
         self.alive = True
         self.notes: list[str] = []
         self.pidfd = None
+        self.guard = None  # memlimit: the worker's cgroup or watch
         try:
             sock.settimeout(HELLO_SECONDS)
             msg, fds, _, _ = socket.recv_fds(sock, 1, 1)
             if msg != b"P" or len(fds) != 1:
                 raise WorkerFailure("died", "the worker did not start")
             self.pidfd = fds[0]
+            self.guard = memlimit.attach(guard, self.pidfd)  # before any student code
             hello = self.channel.recv(time.monotonic() + HELLO_SECONDS)
             self.notes = replies.hello(hello)
+            self.notes += memlimit.notes(self.guard)  # e.g. a cgroup that could not be made
         except (OSError, protocol.ProtocolError, replies.BadReply) as exc:
             self.close()
             raise WorkerFailure("died", f"the worker did not start ({exc})") from None
@@ -72,6 +75,7 @@ class WorkerProcess:
                 "timeout", "did not take the grader's request in time and was stopped"
             ) from None
 
+    @memlimit.reports_memory_kills
     def request(self, message: dict, timeout: float) -> dict:
         """Send one request and return its checked reply, or raise :class:`WorkerFailure`.
 
@@ -124,6 +128,7 @@ class WorkerProcess:
             except (OSError, protocol.ProtocolError):
                 pass
         self.signal(signal.SIGKILL)
+        memlimit.release(self.guard)  # while the pidfd is still ours
         self.alive = False
         self.channel.close()
         if self.pidfd is not None:

@@ -119,12 +119,12 @@ class NotebookSession:
             if exc.kind == "interrupted":
                 self._keep(cell.index, [_error_output("TimeoutError", exc.message)])
             else:
-                self._keep(cell.index, [_error_output("WorkerDied", exc.message)])
+                self._keep(cell.index, [_error_output(_died_of(exc), exc.message)])
             return CellRecord(
                 cell.index,
                 status,
                 elapsed,
-                "Timeout" if status == "timeout" else "WorkerDied",
+                "Timeout" if status == "timeout" else _died_of(exc),
                 exc.message,
             )
         except _GiveUp as exc:
@@ -252,3 +252,8 @@ def _nbformat_size(output: dict) -> int:
 
 def _error_output(ename: str, evalue: str) -> dict:
     return {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": []}
+
+
+def _died_of(exc: WorkerFailure) -> str:
+    # memlimit: a worker killed for its memory budget makes the submission's status "memory"
+    return "MemoryError" if exc.kind == "memory" else "WorkerDied"
