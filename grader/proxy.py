@@ -106,6 +106,14 @@ class Student:
         )
         return reply["value"]
 
+    def code_cells(self) -> tuple[str, ...]:
+        """The source of each code cell of the submitted notebook, in order.
+
+        Read from the submission by the grader, never from the worker: a check may trust it
+        as what the student wrote (not as what ran).
+        """
+        return tuple(str(c.source) for c in getattr(self._session, "cells", ()))
+
     def type_name(self, ref: Remote) -> str:
         reply = self._request({"op": "type", "target": self._target_of(ref)}, ref._label)
         return str(reply["value"])
