@@ -7,6 +7,7 @@ NumPy only, and nothing of the answer key: students get this file with the publi
 
 from __future__ import annotations
 
+import ast
 import re
 
 import numpy as np
@@ -223,3 +224,155 @@ BOOKKEEPING = {
     ),
     "ascent": "the update goes uphill: the kernel must move against the gradient",
 }
+
+
+# --- edges: detect_edges judged with the student's own corr2d carried forward --------------
+
+EDGE_KERNEL = np.array([[1.0, -1.0]], dtype=np.float32)
+
+
+def true_edges(X) -> np.ndarray:
+    """corr2d(X, [[1, -1]]): each pixel minus its right-hand neighbour (the notebook's rule)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X[:, :-1] - X[:, 1:]
+
+
+def _close(a, b) -> bool:
+    return a is not None and np.shape(a) == np.shape(b) and np.allclose(a, b, atol=1e-4)
+
+
+def _try(call):
+    try:
+        return np.asarray(call(), dtype=np.float64), None
+    except (StudentCodeRaised, TypeError, ValueError) as exc:
+        return None, exc
+
+
+def edges_problem(student, X, name: str, square) -> str | None:
+    """None when detect_edges(X) is right, by the reference or by the student's own corr2d.
+
+    ``square`` is an image of the same kind with equal sides: when both detect_edges and the
+    student's corr2d fail on the rectangular ``X`` (height and width mixed up in corr2d,
+    charged in corr2d), detect_edges is judged on it instead (docs/grading-policy.md).
+    """
+    got, error = _try(lambda: student.detect_edges(X))
+    own, own_error = _try(lambda: student.corr2d(X, EDGE_KERNEL))
+    if error is not None and own_error is not None and square is not None:
+        got_sq, error_sq = _try(lambda: student.detect_edges(square))
+        own_sq, _ = _try(lambda: student.corr2d(square, EDGE_KERNEL))
+        if error_sq is None and (_close(got_sq, true_edges(square)) or _close(got_sq, own_sq)):
+            return None  # right given its own corr2d, which fails on rectangular images
+        return (
+            edges_problem(
+                student, square, f"a square {square.shape[0]}x{square.shape[1]} image", None
+            )
+            or "detect_edges is wrong."
+        )
+    if error is not None:
+        text = error.ename + ": " + first_line(error.evalue) if hasattr(error, "ename") else error
+        return f"detect_edges raised an error on {name} ({text})."
+    want = true_edges(X)
+    if _close(got, want) or _close(got, own):
+        return None
+    if got.shape != want.shape:
+        if got.shape == want.shape[::-1]:
+            return (
+                f"detect_edges on {name} has shape {got.shape}, expected {want.shape}: height "
+                "and width are mixed up (rows come first: h - kh + 1 rows, w - kw + 1 columns)."
+            )
+        return (
+            f"detect_edges on {name} of shape {X.shape} has shape {got.shape}, expected "
+            f"{want.shape}."
+        )
+    if _close(got, -want) or (own is not None and _close(got, -own)):
+        return (
+            f"detect_edges on {name} has the signs reversed: a step from 1 down to 0 must give "
+            "+1. Use the kernel [[1, -1]] as it is."
+        )
+    return f"detect_edges on {name} is not corr2d(X, [[1, -1]])."
+
+
+# --- matmul: is corr2d_matmul a matrix product? (read from the notebook's source) ---------
+
+MATRIX_PRODUCTS = {"matmul", "dot", "tensordot", "einsum", "matvec", "inner", "vdot", "mm"}
+CORRELATIONS = {
+    "corr2d",
+    "corr2d_loop",
+    "conv2d",
+    "Conv2D",
+    "correlate",
+    "correlate2d",
+    "convolve",
+    "convolve2d",
+    "convolution",
+}
+
+
+def _definitions(cells) -> dict:
+    """Top-level functions of the notebook's code cells, by name (the last one wins)."""
+    found = {}
+    for source in cells:
+        # Magics and shell lines are not Python; blank them so the rest still parses.
+        lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.split("\n")]
+        try:
+            tree = ast.parse("\n".join(lines))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found[node.name] = node
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        found[target.id] = node.value
+    return found
+
+
+def _reachable(name: str, definitions: dict) -> list:
+    """The definition of ``name`` and of every notebook function it names, transitively."""
+    seen, todo, nodes = set(), [name], []
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in definitions:
+            continue
+        seen.add(current)
+        nodes.append(definitions[current])
+        for node in ast.walk(definitions[current]):
+            if isinstance(node, ast.Name) and node.id in definitions:
+                todo.append(node.id)
+    return nodes
+
+
+def matrix_product_problem(student) -> str | None:
+    """None unless the source shows that corr2d_matmul computes no matrix product.
+
+    A matrix product is ``@`` or a call of matmul, dot, tensordot, einsum, matvec, inner or
+    vdot, in corr2d_matmul or in a notebook function it uses (kernel_matrix, a helper).
+    Where the source cannot tell (no top-level definition), nothing is concluded.
+    """
+    definitions = _definitions(student.code_cells())
+    if "corr2d_matmul" not in definitions:
+        return None
+    nodes = _reachable("corr2d_matmul", definitions)
+    names, products = set(), False
+    for node in (n for root in nodes for n in ast.walk(root)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+            products = True
+        elif isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+    products = products or bool(names & MATRIX_PRODUCTS)
+    if products:
+        return None
+    used = sorted(names & CORRELATIONS)
+    if used:
+        return (
+            f"corr2d_matmul computes no matrix product: it uses {used[0]}, so it is "
+            "cross-correlation computed again, not as a matrix times a vector. Multiply a matrix "
+            "built from K (or from the windows of X) with a vector, using @ or matmul."
+        )
+    return (
+        "corr2d_matmul computes no matrix product (no @, matmul, dot, tensordot or einsum in it "
+        "or in the functions it calls): the exercise asks for one matrix multiplication."
+    )
