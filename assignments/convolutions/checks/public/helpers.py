@@ -376,3 +376,64 @@ def matrix_product_problem(student) -> str | None:
         "corr2d_matmul computes no matrix product (no @, matmul, dot, tensordot or einsum in it "
         "or in the functions it calls): the exercise asks for one matrix multiplication."
     )
+
+
+def fit_result(result, kernel_size) -> tuple[np.ndarray, np.ndarray]:
+    """learn_kernel's (kernel, losses) as arrays, or a failure naming what came back."""
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise CheckFailure(
+            f"learn_kernel returned {_describe(result)}; it must return a pair (kernel, losses)."
+        )
+    try:
+        kernel = np.asarray(result[0], dtype=np.float64)
+        losses = np.asarray(result[1], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise CheckFailure(
+            "learn_kernel must return an array kernel and a list of float losses."
+        ) from None
+    return kernel, losses
+
+
+def story(X, Y, kernel, losses, lr: float, kernel_size) -> str | None:
+    """:func:`replay` on a run's results, or None when they cannot be replayed."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.size != int(np.prod(kernel_size)) or losses.size == 0:
+        return None
+    if not (np.all(np.isfinite(kernel)) and np.all(np.isfinite(losses))):
+        return None
+    return replay(X, Y, kernel.reshape(kernel_size), losses, lr)
+
+
+def growth_problem(student, X, Y, lr: float, losses: np.ndarray, kernel_size) -> str:
+    """Why the losses grow: a wrong direction, an overshooting step, or an ignored lr.
+
+    Runs learn_kernel once more, 3 epochs at lr / 100 (cheap, and only after a failure).
+    """
+    start = f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}) at lr={lr:g}"
+    small = lr / 100
+    try:
+        _, slow = fit_result(
+            call_learn_kernel(student, X, Y, kernel_size=kernel_size, lr=small, num_epochs=3),
+            kernel_size,
+        )
+    except CheckFailure:
+        slow = np.array([])
+    if slow.size < 2 or not np.all(np.isfinite(slow)) or not np.all(np.isfinite(losses[:2])):
+        return f"{start}: the update goes uphill or overshoots; move against the gradient."
+    if slow[-1] < slow[0]:
+        return (
+            f"{start}, but fall at lr={small:g}: each step overshoots the minimum and the loss "
+            "diverges. The direction is right; the step is larger than lr * gradient (is the "
+            "gradient scaled up, or a learning rate of your own used?)."
+        )
+    fast_ratio = losses[1] / max(losses[0], 1e-12)
+    slow_ratio = slow[1] / max(slow[0], 1e-12)
+    if np.isclose(fast_ratio, slow_ratio, rtol=0.05):
+        return (
+            f"{start}, and just as fast at lr={small:g}: learn_kernel does not use its lr "
+            "argument. Take each step with the lr passed in."
+        )
+    return (
+        f"{start}, and still at lr={small:g}: the update goes uphill. The kernel must move "
+        "against the gradient (kernel - lr * gradient)."
+    )
