@@ -187,7 +187,12 @@ class Student:
             raise MissingName(f"your notebook does not define `{reply.get('name')}`")
         if kind == "raised":
             ename, evalue = str(reply.get("ename")), str(reply.get("evalue"))
-            text = f"`{label}` raised {ename}" + (f": {evalue}" if evalue else "")
+            # A plain sentence first, then only the error's first line: TensorFlow's
+            # messages run to many lines of internals.
+            first = evalue.strip().splitlines()[0][:300] if evalue.strip() else ""
+            text = f"your code raised an error when the check called `{label}`: {ename}" + (
+                f": {first}" if first else ""
+            )
             if ename == "NotImplementedError":
                 text += " (this part is not written yet)"
             raise StudentCodeRaised(text, ename, evalue)

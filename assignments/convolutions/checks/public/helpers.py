@@ -150,9 +150,9 @@ def missing_learn_kernel(student) -> str:
     if chapter_training_loop(student):
         return (
             "your notebook does not define `learn_kernel`: it has the chapter's training loop "
-            "as top-level code instead, which raises on Keras 3. The assignment asks for a "
-            "function learn_kernel(X, Y, kernel_size, lr, num_epochs) returning (kernel, "
-            "losses); " + KERAS3_WATCH_SENTENCE
+            "as top-level code, which raises on Keras 3 at tape.watch(...), while the "
+            "assignment asks for a function learn_kernel(X, Y, kernel_size, lr, num_epochs) "
+            "that returns (kernel, losses) and uses no tape.watch."
         )
     return "your notebook does not define `learn_kernel`"
 
