@@ -70,7 +70,8 @@ EXPECTED = {
     ),
     "mistake_06_conv2d_on_loop_corr2d": (
         {"conv2d": 2},
-        r"gradient for `weight` is None: your corr2d blocks gradients",
+        r"gradient for `weight` is None although the output depends on the weight: your corr2d "
+        r"blocks gradients",
     ),
     "mistake_07_learn_kernel_returns_answer": (
         {"learn_kernel": 2},
