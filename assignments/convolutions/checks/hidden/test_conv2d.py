@@ -6,9 +6,9 @@ Inputs are square (kernels are not), so a `corr2d` that mixes up height and widt
 only wrong on rectangular inputs, does not break the layer's checks as well.
 
 Every verdict rests on data the check verifies itself (docs/checks-api.md): outputs fetched
-as arrays, finite differences of forward calls with weights the check assigned, and a
+as arrays, differences of forward calls with weights the check assigned, and a
 gradient step the check applies to fetched arrays. The tape's gradients come from a probe
-running in the notebook's process, so they count only where they agree with the finite
+running in the notebook's process, so they count only where they agree with those
 differences.
 """
 
@@ -90,24 +90,22 @@ class Layer:
                 f"{helpers.first_line(exc.evalue)})."
             ) from None
 
-    def finite_differences(self, weight, bias: float, upstream) -> tuple[np.ndarray, float]:
-        """d sum(upstream * layer(X)) / d(weight, bias), from forward calls the check makes.
+    def directional(self, weight, bias: float, upstream, direction) -> tuple[float, float]:
+        """How sum(upstream * layer(X)) changes along ``direction`` and with the bias + 1.
 
-        The layer is affine in its weights, so a difference with step 1 is exact (up to
-        float32 rounding); the weights are put back afterwards.
+        From three forward calls with weights the check assigns. The layer is affine in its
+        weights, so these differences are exact (up to float32 rounding); a tape gradient g
+        must give <g, direction> and the bias gradient. The weights are put back afterwards.
         """
-        self.set(weight, bias)
+        # The layer holds (weight, bias) already (see built_layer); one assign per change.
         base = float(np.sum(upstream * self.output()))
-        grad = np.zeros(np.shape(weight))
-        for idx in np.ndindex(*np.shape(weight)):
-            moved = np.array(weight, dtype=np.float64)
-            moved[idx] += 1.0
-            self.set(moved, bias)
-            grad[idx] = float(np.sum(upstream * self.output())) - base
-        self.set(weight, bias + 1.0)
+        self.handle.weight.assign(np.asarray(weight + direction, np.float32))
+        along = float(np.sum(upstream * self.output())) - base
+        self.handle.weight.assign(np.asarray(weight, np.float32))
+        self.handle.bias.assign(np.full(self.bias_shape, bias + 1.0, dtype=np.float32))
         grad_bias = float(np.sum(upstream * self.output())) - base
-        self.set(weight, bias)
-        return grad, grad_bias
+        self.handle.bias.assign(np.full(self.bias_shape, bias, dtype=np.float32))
+        return along, grad_bias
 
     def tape_gradients(self, upstream) -> dict:
         """The probe's claim: what tf.GradientTape gives for sum(upstream * layer(X))."""
@@ -135,19 +133,24 @@ def output_problem(student, X, W, b, got):
     return "layer(X) is not corr2d(X, weight) + bias for the weights the check set."
 
 
-def verified_gradients(student, layer, W, b, upstream, what: str):
-    """The tape's gradients, accepted only where finite differences agree with them."""
-    fd_weight, fd_bias = layer.finite_differences(W, b, upstream)
+def verified_gradients(student, rng, layer, W, b, upstream, what: str):
+    """The tape's gradients, accepted only where forward calls agree with them.
+
+    The probe answers first; then the check moves the weight along a random direction of its
+    own and the bias by 1, and the change of the loss must be what the gradients predict.
+    """
     claim = layer.tape_gradients(upstream)
     if claim.get("error"):
         raise CheckFailure(
             f"taking {what} through the layer with tf.GradientTape failed: "
             f"{helpers.first_line(str(claim['error']))}."
         )
-    weight_independent = np.allclose(fd_weight, 0.0, atol=1e-4)
+    direction = rng.normal(size=np.shape(W))
+    along, fd_bias = layer.directional(W, b, upstream, direction)
+    scale = max(1.0, float(np.abs(upstream).sum()))
     grad_weight = claim.get("weight")
     if grad_weight is None:
-        if not weight_independent:
+        if abs(along) > 1e-5 * scale:
             corr = student.probe.corr_gradient(student.corr2d, layer.X, W, None)
             cause = (
                 "your corr2d blocks gradients (it fills a tf.Variable with assign, or leaves "
@@ -162,10 +165,10 @@ def verified_gradients(student, layer, W, b, upstream, what: str):
             )
         # The output does not depend on the weight (a corr2d that ignores its kernel, charged
         # in corr2d): None is the true gradient, and it costs nothing more here.
-        grad_weight = np.zeros_like(fd_weight)
+        grad_weight = np.zeros(np.shape(W))
     grad_bias = claim.get("bias")
     if grad_bias is None:
-        if abs(fd_bias) < 1e-4:
+        if abs(fd_bias) < 1e-5 * scale:
             raise CheckFailure(
                 "the gradient for `bias` is None: the bias is not used in call(); add it to "
                 "the output."
@@ -176,13 +179,13 @@ def verified_gradients(student, layer, W, b, upstream, what: str):
         )
     grad_weight = np.asarray(grad_weight, dtype=np.float64)
     grad_bias = float(np.sum(np.asarray(grad_bias, dtype=np.float64)))
-    if grad_weight.shape != fd_weight.shape or not np.allclose(
-        grad_weight, fd_weight, atol=1e-3, rtol=1e-3
+    if grad_weight.shape != np.shape(W) or not np.isclose(
+        float(np.sum(grad_weight * direction)), along, atol=1e-3 * scale, rtol=1e-3
     ):
         raise CheckFailure(
             "the gradient for `weight` does not match how layer(X) changes with the weight."
         )
-    if not np.isclose(grad_bias, fd_bias, atol=1e-3, rtol=1e-3):
+    if not np.isclose(grad_bias, fd_bias, atol=1e-3 * scale, rtol=1e-3):
         raise CheckFailure(
             f"the gradient for `bias` is {grad_bias:.4g}, but layer(X) changes by {fd_bias:.4g} "
             "when the bias grows by 1: add the bias once to every output pixel."
@@ -244,7 +247,7 @@ def test_gradients_reach_weight_and_bias(student, rng):
         layer = built_layer(student, kernel_size, X, W, 0.5)
         # Upstream gradient shaped like the layer's own output (errors carried forward).
         U = rng.normal(size=layer.output().shape).astype(np.float32)
-        verified_gradients(student, layer, W, 0.5, U, "a gradient")
+        verified_gradients(student, rng, layer, W, 0.5, U, "a gradient")
 
     judged(student, X, (2, 3), check)
 
@@ -305,7 +308,7 @@ def one_step(student, rng, X, kernel_size) -> None:
     # 2 (out - Y); the step is the check's own, applied to arrays it holds.
     upstream = (2 * (out - Y)).astype(np.float32)
     grad_weight, grad_bias = verified_gradients(
-        student, layer, W, 0.0, upstream, "the loss's gradient"
+        student, rng, layer, W, 0.0, upstream, "the loss's gradient"
     )
     lr = 0.01
     layer.set(W - lr * grad_weight, 0.0 - lr * grad_bias)

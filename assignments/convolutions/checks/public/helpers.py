@@ -261,6 +261,8 @@ def edges_problem(student, X, name: str, square) -> str | None:
     charged in corr2d), detect_edges is judged on it instead (docs/grading-policy.md).
     """
     got, error = _try(lambda: student.detect_edges(X))
+    if error is None and _close(got, true_edges(X)):
+        return None  # right by the notebook's rule: the student's corr2d is not needed
     own, own_error = _try(lambda: student.corr2d(X, EDGE_KERNEL))
     if error is not None and own_error is not None and square is not None:
         got_sq, error_sq = _try(lambda: student.detect_edges(square))
