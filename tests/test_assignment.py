@@ -113,6 +113,7 @@ EXPECTED = {
     "policy_scalar_bias": ({}, None),
     "policy_zero_d_tensor_number": ({}, None),
     "policy_answer_spellings": ({}, None),
+    "policy_diagonal_answers_as_list": ({}, None),
     "policy_answer_two_letters": (
         {"gradient": 2},
         r"GRADIENT_ANSWER is 'B or C', which is not one of the letters A to D",
