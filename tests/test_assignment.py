@@ -252,6 +252,33 @@ def test_public_checks_do_not_use_reference():
         assert not any(m and m.split(".")[0] == "reference" for m in modules), path.name
 
 
+# Feedback must not state what a question asks the student to find (docs/grading-policy.md,
+# section 4). Each pattern is a way a check's message once said, or could say, an answer.
+LEAKS = {
+    "the second-derivative kernel": r"1,\s*-2,\s*1|-\s*2\s*f\(x",
+    "the answer of min_kernel_size": r"entries suffice|d \+ 1 (entries|taps) (are|is) enough",
+    "the right option of (b)": r"swap sides",
+    "the right option of (a)": r"crosses the edge once|steps from 0 up to 1",
+    "a letter answer": r"answer is [A-D]\b|should be [A-D]\b",
+}
+
+
+def _message_strings(path: Path) -> list[str]:
+    """Every string a check file can show: literals and the literal parts of f-strings."""
+    tree = ast.parse(path.read_text())
+    return [
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+
+
+@pytest.mark.parametrize("leak", sorted(LEAKS))
+def test_feedback_states_no_answer(leak):
+    pattern = re.compile(LEAKS[leak])
+    for path in sorted((ASSIGNMENT / "checks").glob("*/*.py")):
+        for text in _message_strings(path):
+            assert not pattern.search(text), f"{path.name} states {leak}: {text!r}"
+
+
 def test_expected_toml_names_every_example():
     expected = tomllib.loads((ASSIGNMENT / "examples" / "expected.toml").read_text())
     stems = {p.stem for p in (ASSIGNMENT / "examples").glob("*.ipynb")}

@@ -64,6 +64,8 @@ def diagonal_answers(value) -> dict[str, str | None]:
         raise CheckFailure(
             'DIAGONAL_ANSWERS is still None: set it to a dict like {"a": "A", "b": "B", "c": "C"}.'
         )
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        value = dict(zip("abc", value, strict=True))  # in the order the questions come
     if not isinstance(value, dict):
         raise CheckFailure(
             f"DIAGONAL_ANSWERS is a {type(value).__name__}; it must be a dict like "
