@@ -153,12 +153,21 @@ def test_learns_a_2x2_kernel(student, rng, bookkeeping):
 
 
 def named(bookkeeping, check) -> None:
-    """Run ``check``; if it fails and the replay found the mistake, say which it is."""
+    """Run ``check``; if it fails and the replay found the mistake, say which it is.
+
+    A run that is not the gradient descent asked for (a mean loss, an uphill step) fails
+    whatever its kernel, which then depends only on the random start.
+    """
+    story, _ = bookkeeping
     try:
         check()
+        if story in helpers.WRONG_TRAINING:
+            raise AssertionError(
+                "replaying 3 epochs from the kernel learn_kernel returned shows that "
+                f"{helpers.BOOKKEEPING[story]}; the kernel is near the target by chance."
+            )
     except AssertionError as exc:
-        story, _ = bookkeeping
-        if story in helpers.BOOKKEEPING and story != "after":
+        if story in helpers.WRONG_TRAINING and "replaying" not in str(exc):
             raise AssertionError(f"{exc} It looks like {helpers.BOOKKEEPING[story]}.") from None
         raise
 
