@@ -28,6 +28,7 @@ class GradeOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     include_hidden: bool = True
     max_notebook_mib: int = 50
+    packages: tuple[str, ...] | None = None  # what notebooks may import; None: anything
 
 
 @dataclass
@@ -62,7 +63,9 @@ def prepare(sub: Submission, launcher: Launcher, options: GradeOptions, slot: in
         if sub.problem is not None:
             raise sub.problem
         prep.notebook = load_submission(sub.path, options.max_notebook_mib)
-        prep.session = NotebookSession(launcher, prep.notebook.code_cells, options.timeouts, slot)
+        prep.session = NotebookSession(
+            launcher, prep.notebook.code_cells, options.timeouts, slot, options.packages
+        )
         prep.session.run_notebook()
     except SubmissionProblem as exc:
         prep.problem = exc
