@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .answers import free_text_answers
 from .assignment import Assignment
 from .errors import SubmissionProblem
+from .imports import environment_problems
 from .launcher import Launcher
 from .notebook import LoadedNotebook, load_submission
 from .plugin import CheckInfo, GradingPlugin, check_dirs, run_pytest
@@ -157,7 +159,8 @@ def finish(
         checks_duration = time.monotonic() - started
         if not tests:
             raise _Bug("no check results: " + details[-3000:])
-        errors = _cell_errors(session)
+        cells = ((c.index, c.source) for c in prep.notebook.code_cells)
+        errors = environment_problems(cells, assignment.packages) + _cell_errors(session)
         if session.gave_up:
             errors.append(f"grading stopped early: {session.gave_up}")
         execution = Execution(
@@ -177,7 +180,7 @@ def finish(
             errors=tuple(errors),
             execution=execution,
             questions=_question_totals(assignment, tests),
-            answers=prep.notebook.answers,
+            answers=free_text_answers(prep.notebook.nb, assignment.student),
             staff_details=details,
             **base,
         )

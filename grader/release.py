@@ -131,7 +131,7 @@ def grade_reference_notebooks(
     One batch, so the worker zygote and the checks' imports are paid for once.
     """
     timeouts, memory = grading_limits(asg.limits)
-    options = GradeOptions(timeouts=timeouts)
+    options = GradeOptions(timeouts=timeouts, packages=asg.packages)
     launcher = Launcher(
         preload=asg.preload,
         warm=True,

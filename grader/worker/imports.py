@@ -255,8 +255,9 @@ class _HelperModule(types.ModuleType):
             raise AttributeError(name)
         root = self.__name__.split(".")[0]
         raise BookHelperUnavailable(
-            f"{root}.{name} is a helper of the book's {root} package, which grading does not "
-            f"provide: define {name} in your notebook yourself"
+            f"{root}.{name}: a book helper grading does not provide; define {name} yourself\n"
+            f"The book's {root} package is only a stub under grading: importing it works, "
+            f"but none of its helpers exist. Write {name} in your notebook."
         )
 
 
