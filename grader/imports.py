@@ -99,26 +99,38 @@ def cell_imports(source: str, cell: int) -> list[ImportUse]:
     return finder.found
 
 
+def _helper_aliases(tree: ast.AST) -> dict[str, str]:
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in BOOK_HELPERS:
+                    aliases[a.asname or a.name.split(".")[0]] = a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            root = node.module.split(".")[0]
+            if root in BOOK_HELPERS:
+                for a in node.names:
+                    if a.name != "*":
+                        aliases[a.asname or a.name] = root
+    return aliases
+
+
 def helper_uses(cells: Iterable[tuple[int, str]]) -> dict[str, list[str]]:
-    """``{"d2l.corr2d": ["cell 3"], ...}``: attributes used on a name bound to d2l/dl."""
-    uses: dict[str, list[str]] = {}
+    """``{"d2l.corr2d": ["cell 3"], ...}``: attributes used on a name bound to d2l/dl.
+
+    A name bound in one cell is used in later ones, so the bindings are notebook-wide.
+    """
+    trees = []
     for cell, source in cells:
         try:
-            tree = ast.parse(python_source(source))
+            trees.append((cell, ast.parse(python_source(source))))
         except (SyntaxError, ValueError):
             continue
-        aliases = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name.split(".")[0] in BOOK_HELPERS:
-                        aliases[a.asname or a.name.split(".")[0]] = a.name.split(".")[0]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                root = node.module.split(".")[0]
-                if root in BOOK_HELPERS:
-                    for a in node.names:
-                        if a.name != "*":
-                            aliases[a.asname or a.name] = root
+    aliases: dict[str, str] = {}
+    for _, tree in trees:
+        aliases.update(_helper_aliases(tree))
+    uses: dict[str, list[str]] = {}
+    for cell, tree in trees:
         for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Attribute)
@@ -127,10 +139,9 @@ def helper_uses(cells: Iterable[tuple[int, str]]) -> dict[str, list[str]]:
                 and not node.attr.startswith("_")
                 and node.attr not in ("tensorflow", "torch", "mxnet", "jax")
             ):
-                key = f"{node.value.id}.{node.attr}"
-                uses.setdefault(key, [])
-                if f"cell {cell}" not in uses[key]:
-                    uses[key].append(f"cell {cell}")
+                places = uses.setdefault(f"{node.value.id}.{node.attr}", [])
+                if f"cell {cell}" not in places:
+                    places.append(f"cell {cell}")
     return uses
 
 
