@@ -97,6 +97,8 @@ def _hidden_message(exc: BaseException) -> str:
     return text or "the result did not meet this check's condition"
 
 
+# Object addresses ("<function f at 0x7f3a...>") differ from run to run; a re-grade must not.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 MAX_STUDENT_LINE = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;'\"()\[\]=/+*-]")
 _MIN_QUOTE = 12  # shorter common substrings are ordinary words, not quoted student text
@@ -245,13 +247,13 @@ class GradingPlugin:
                     score=info.points if passed else 0.0,
                     max_score=info.points,
                     status="passed" if passed else "failed",
-                    message=msg,
+                    message=_ADDRESS.sub("0x...", msg),
                     visibility=info.visibility,
                     nodeid=nodeid,
                 )
             )
             if longrepr:
-                details.append(f"--- {nodeid}\n{longrepr}")
+                details.append(f"--- {nodeid}\n{_ADDRESS.sub('0x...', longrepr)}")
         return out, "\n".join(details)
 
 
