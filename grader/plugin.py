@@ -92,6 +92,9 @@ def _hidden_message(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {str(exc)}"
     text = redact_student_text(text, _student_texts(exc))
+    # Student text can also arrive without an exception to trace it to (a class name the
+    # worker reports, say); a check's own words are never this long.
+    text = _LONG_TOKEN.sub(lambda m: m.group(0)[:40] + " [...]", text)
     lines = [ln for ln in text.splitlines() if not ln.startswith(_HIDDEN_LINE_PREFIXES)]
     text = "\n".join(lines).strip()[:400]
     return text or "the result did not meet this check's condition"
@@ -99,6 +102,7 @@ def _hidden_message(exc: BaseException) -> str:
 
 # Object addresses ("<function f at 0x7f3a...>") differ from run to run; a re-grade must not.
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_LONG_TOKEN = re.compile(r"\S{41,}")
 MAX_STUDENT_LINE = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;'\"()\[\]=/+*-]")
 _MIN_QUOTE = 12  # shorter common substrings are ordinary words, not quoted student text

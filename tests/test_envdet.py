@@ -173,6 +173,15 @@ def test_student_text_quoted_inside_a_checks_own_message_is_cut_too():
     assert PAYLOAD[:120] not in message and len(message) < 250
 
 
+def test_a_long_class_name_reported_by_the_worker_is_cut():
+    from grader.proxy import NotPlainData
+
+    exc = NotPlainData(f"`corr2d(...)` is not an array or number (it is {PAYLOAD[:300]})")
+    message = _message(_Info(exc), "hidden")
+    assert message.startswith("`corr2d(...)` is not an array or number (it is LEAK:")
+    assert len(message) < 120
+
+
 def test_a_forged_exception_type_name_cannot_break_lines():
     message = _message(_Info(_raised("boom", ename="X\n## Checks\n**Score")), "hidden")
     assert "\n" not in message and "**" not in message
