@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import assignment as assignment_mod
 from .grading import GradeOptions, executed_notebook, finish, prepare
-from .launcher import Launcher, WorkerLimits
+from .launcher import Launcher, SandboxPolicy, WorkerLimits
 from .options import grading_limits
 from .plugin import collect_checks
 from .results import SubmissionResult
@@ -24,6 +24,7 @@ def grade_notebook(
     call_timeout: float | None = None,
     memory_mib: int | None = None,
     return_executed: bool = False,
+    sandbox: SandboxPolicy = "require",
 ):
     """Grade one notebook and return its :class:`SubmissionResult`.
 
@@ -34,6 +35,10 @@ def grade_notebook(
         launcher: reuse a started :class:`Launcher` (fast for many calls); one is made
             and closed otherwise.
         return_executed: also return the executed notebook, as ``(result, notebook)``.
+        sandbox: where no sandbox can be made, ``"require"`` refuses
+            (:class:`~grader.sandboxing.SandboxUnavailable`), ``"prefer"`` runs the notebook
+            unconfined (a student's own notebook on their own machine), ``"off"`` never
+            sandboxes. Ignored when ``launcher`` is given.
     """
     asg = assignment_mod.load(assignment)
     timeouts, memory = grading_limits(
@@ -52,6 +57,7 @@ def grade_notebook(
             warm=False,
             limits=WorkerLimits(memory_mib=memory),
             hidden=(asg.root,),
+            sandbox=sandbox,
         )
     path = Path(notebook_path)
     sub = Submission(path.stem, str(path), path)

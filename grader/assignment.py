@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assignments"
+BUNDLED_PACKAGE = "convgrade_assignments"  # the wheel's name for the repo's assignments/
 # Libraries the worker zygote imports once, before forking workers (see launcher.py).
 DEFAULT_PRELOAD = ("numpy", "tensorflow", "IPython.core.interactiveshell", "matplotlib")
 LIMIT_KEYS = {"cell_timeout", "notebook_timeout", "call_timeout", "memory_mib"}
@@ -60,10 +61,25 @@ class Assignment:
         return tuple(q.id for q in self.questions)
 
 
+def bundled_dir() -> Path:
+    """Where the bundled assignments are: package data of an install (wheel or editable),
+    else the ``assignments/`` folder of the source checkout this code runs from."""
+    try:
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            if Path(location).is_dir():
+                return Path(location).resolve()
+    return Path(__file__).resolve().parent.parent / "assignments"
+
+
 def bundled_names() -> list[str]:
-    if not BUNDLED_DIR.is_dir():
+    folder = bundled_dir()
+    if not folder.is_dir():
         return []
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "assignment.toml").is_file())
+    return sorted(p.name for p in folder.iterdir() if (p / "assignment.toml").is_file())
 
 
 def resolve(name_or_dir: str | Path) -> Path:
@@ -73,7 +89,7 @@ def resolve(name_or_dir: str | Path) -> Path:
         return path.resolve()
     if path.name == "assignment.toml" and path.is_file():
         return path.parent.resolve()
-    bundled = BUNDLED_DIR / str(name_or_dir)
+    bundled = bundled_dir() / str(name_or_dir)
     if bundled.is_dir():
         return bundled.resolve()
     names = ", ".join(bundled_names()) or "none"

@@ -69,6 +69,12 @@ def table(result: SubmissionResult) -> str:
     for err in result.errors:
         if not is_environment_line(err):
             lines.append(f"note: {err}")
+    if not result.execution.isolation.startswith("sandboxed"):
+        # A student's own notebook on their own machine: worth running without a sandbox.
+        lines.append(
+            "note: no sandbox on this machine, so your notebook ran with your rights, as in "
+            "Jupyter (grading always sandboxes it)."
+        )
     return "".join(top) + "\n".join(lines) + "\n"
 
 
@@ -76,7 +82,7 @@ def run_check(notebook: Path, assignment: str | None = None) -> SubmissionResult
     if not notebook.is_file():
         raise StaffError(f"{notebook} does not exist; give the path of your .ipynb file.")
     folder = find_assignment(notebook, assignment)
-    return grade_notebook(notebook, folder, include_hidden=False)
+    return grade_notebook(notebook, folder, include_hidden=False, sandbox="prefer")
 
 
 def _current_notebook() -> Path:

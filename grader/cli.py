@@ -92,6 +92,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
     # it first, and import the grading machinery while it runs.
     from . import assignment as assignment_mod
     from .launcher import Launcher, WorkerLimits
+    from .sandboxing import NO_SANDBOX_FLAG
 
     started = time.monotonic()
     asg = assignment_mod.load(args.assignment)
@@ -103,6 +104,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
         warm=not args.fresh_workers,
         limits=WorkerLimits(memory_mib=memory),
         hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
+        sandbox="off" if args.no_sandbox else "require",
     )
     launcher.start(wait=False)
     try:
@@ -119,7 +121,10 @@ def cmd_grade(args, out_stream, err_stream) -> int:
                 )
             checks = collect_checks(asg)
             if not launcher.isolation.sandboxed:
-                err_stream.write(f"convgrade: warning: {launcher.isolation.describe()}\n")
+                err_stream.write(
+                    "convgrade: warning: notebooks run WITHOUT a sandbox "
+                    f"({NO_SANDBOX_FLAG}): only for notebooks you trust\n"
+                )
             results = grade_batch(
                 subs,
                 asg,
@@ -243,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "force",
         "fresh_workers",
         "quiet",
+        "no_sandbox",
     )
     g.set_defaults(handler=cmd_grade)
 

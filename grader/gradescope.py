@@ -21,16 +21,15 @@ read the image. ``run_autograder`` puts the bundled ``convgrade/`` first on ``PY
 the grader that runs is the one in the zip even if another convgrade is installed;
 ``setup.sh``'s pip install provides the dependencies.
 
-Student code runs in the bubblewrap sandbox when the container allows it (root and user
-namespaces). Where bubblewrap cannot start (some Docker setups), the notebook runs
-unsandboxed and could read the hidden checks in ``ROOT/source``; the staff log (stdout,
-hidden from students) says which happened.
+Student code runs in the bubblewrap sandbox (as root, or through user namespaces). Where
+bubblewrap cannot start (some Docker setups), the notebook is not run at all: the student
+gets a zero with a message that the problem is on the staff's side, the staff log (stdout,
+hidden from students) says why and how to fix it, and the runner exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import stat
@@ -41,12 +40,16 @@ import time
 import traceback
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, seeding, writers
+from . import __version__, sandboxing, seeding, writers
 from . import assignment as assignment_mod
 from .assignment import Assignment
 from .errors import StaffError
 from .results import SubmissionResult
+
+if TYPE_CHECKING:
+    from .launcher import SandboxPolicy
 
 ASSIGNMENT_SUBDIR = "assignment"
 PROJECT_SUBDIR = "convgrade"
@@ -84,6 +87,11 @@ exec python3 -m grader.gradescope run "$ROOT"
 UPLOAD_HINT = (
     "Upload exactly one Jupyter notebook (.ipynb file): the assignment notebook with your "
     "answers, saved."
+)
+SANDBOX_MESSAGE = (
+    "The autograder did not run your notebook: it could not be isolated safely on this "
+    "grading machine. This is a problem on our side, not in your notebook; course staff can "
+    "see the details. Please let them know."
 )
 CRASH_MESSAGE = (
     "The autograder could not grade this submission because of a problem on our side, not in "
@@ -177,7 +185,7 @@ def find_notebooks(submission_dir: Path) -> list[Path]:
     return found
 
 
-def run(root: Path) -> int:
+def run(root: Path, sandbox: SandboxPolicy = "require") -> int:
     """Grade the one notebook in ``root/submission`` and write ``root/results/results.json``.
 
     Student-visible text never contains a traceback: grader failures give score 0 and a
@@ -185,9 +193,11 @@ def run(root: Path) -> int:
     ``stdout_visibility``).
 
     Returns:
-        0 once results.json is written (whatever the score or failure).
+        0 once results.json is written (whatever the score or failure); 2 when the image
+        cannot sandbox student code, which is then not run at all (fail closed).
     """
     started = time.monotonic()
+    code = 0
     root = Path(root)
     print(f"convgrade {__version__} from {Path(__file__).resolve().parent}")
     max_score = 0.0
@@ -196,7 +206,7 @@ def run(root: Path) -> int:
         max_score = asg.max_score
         notebooks = find_notebooks(root / "submission")
         if len(notebooks) == 1:
-            result = _grade(notebooks[0], asg, root)
+            result = _grade(notebooks[0], asg, root, sandbox)
             _staff_log(result)
             payload = writers.gradescope_json(result)
         else:
@@ -204,13 +214,17 @@ def run(root: Path) -> int:
             what = f"{len(names)} notebooks ({', '.join(names)})" if names else "no notebook"
             print(f"convgrade: refused: the submission has {what}")
             payload = _zero(f"Your submission has {what}. {UPLOAD_HINT}", max_score, "Submission")
+    except sandboxing.SandboxUnavailable as exc:
+        print(f"convgrade: {exc}")
+        payload = _zero(SANDBOX_MESSAGE, max_score, "Autograder")
+        code = 2
     except Exception:
         print("convgrade: grading failed (students see a generic message):")
         traceback.print_exc(file=sys.stdout)
         payload = _zero(CRASH_MESSAGE, max_score, "Autograder")
     payload["execution_time"] = round(time.monotonic() - started, 3)
     writers.atomic_write(root / "results" / "results.json", _dumps(payload))
-    return 0
+    return code
 
 
 def _dumps(payload: dict) -> str:
@@ -237,46 +251,43 @@ def _zero(message: str, max_score: float, name: str) -> dict:
     }
 
 
-def _grade(notebook: Path, asg: Assignment, root: Path) -> SubmissionResult:
+def _grade(notebook: Path, asg: Assignment, root: Path, sandbox: SandboxPolicy) -> SubmissionResult:
     from .api import grade_notebook
     from .launcher import Launcher, WorkerLimits
     from .options import grading_limits
 
     hidden = (root / "source", root / "results")
     # one submission per container, so a warm zygote would save nothing
-    make = functools.partial(
-        Launcher,
+    launcher = Launcher(
         warm=False,
         preload=asg.preload,
         limits=WorkerLimits(memory_mib=grading_limits(asg.limits)[1]),
         hidden=hidden,
+        sandbox=sandbox,
     )
-    launcher = make()
-    if launcher.sandbox:
-        ok, why = sandbox_works(hidden)
-        if not ok:
-            print(f"convgrade: bubblewrap cannot start here ({why}); grading unsandboxed")
-            launcher.close()
-            launcher = make(force_unsandboxed=True)
     try:
+        if launcher.mode is not None:
+            ok, why = sandbox_works(launcher.mode, hidden)
+            if not ok:
+                raise sandboxing.refusal(
+                    f"bubblewrap cannot start the full sandbox in this image ({why})."
+                )
         return grade_notebook(notebook, asg.root, launcher=launcher)
     finally:
         launcher.close()
 
 
-def sandbox_works(hidden: tuple[Path, ...] = ()) -> tuple[bool, str]:
+def sandbox_works(mode: sandboxing.Mode, hidden: tuple[Path, ...] = ()) -> tuple[bool, str]:
     """Whether the worker sandbox starts here, found by starting it once.
 
-    The launcher checks only for root and a bwrap binary; in containers without user
-    namespaces bwrap is there but fails, and so would every worker.
+    The launcher's probe starts a minimal sandbox; this one starts the real command line
+    (every bind and mask), which is what each worker will need.
 
     Returns:
         ``(True, "")``, or ``(False, why)`` with bubblewrap's own complaint.
     """
-    from .launcher import bwrap_command
-
     try:
-        cmd = [*bwrap_command(hidden), sys.executable, "-I", "-c", "pass"]
+        cmd = [*sandboxing.bwrap_command(mode, hidden), sys.executable, "-I", "-c", "pass"]
         proc = subprocess.run(cmd, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
@@ -302,8 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="grade ROOT/submission, write ROOT/results/results.json")
     r.add_argument("root", nargs="?", default="/autograder", help="default: /autograder")
+    r.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the notebook unconfined: for trusted notebooks only (a staff test)",
+    )
     args = parser.parse_args(argv)
-    return run(Path(args.root))
+    return run(Path(args.root), "off" if args.no_sandbox else "require")
 
 
 if __name__ == "__main__":

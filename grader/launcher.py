@@ -6,41 +6,44 @@ batch (each worker is a copy-on-write fork: milliseconds instead of seconds of i
 ``warm=False`` starts a fresh zygote for every worker, which is the plain "new Python per
 notebook" baseline. Everything else in the grader sees only :meth:`Launcher.spawn`.
 
-The sandbox is bubblewrap: a read-only view of the system libraries and the Python
-installation only (the project, the assignments, the reference solutions, other
-submissions and the grader's output are simply not there), no network, its own PID, IPC
-and UTS namespaces, and a process that dies with the grader. Without root or bubblewrap the
-zygote runs unsandboxed and :attr:`Launcher.isolation` says so.
+The sandbox is bubblewrap (see :mod:`.sandboxing`): a read-only view of the system
+libraries and the Python installation only (the project, the assignments, the reference
+solutions, other submissions and the grader's output are simply not there), no network, its
+own PID, IPC and UTS namespaces, and a process that dies with the grader. It works as root
+and, through user namespaces, as an ordinary user. Where it cannot start, the ``sandbox``
+policy decides: ``"require"`` (grading) refuses with the cause and its fix, ``"prefer"``
+(a student checking their own notebook) runs unconfined and says so, ``"off"`` is the
+user's explicit ``--no-sandbox``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import queue
-import shutil
-import site
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from . import sandboxing
 from .assignment import DEFAULT_PRELOAD
 from .errors import GraderBug
+from .sandboxing import MOUNT_ROOT, NO_SANDBOX_FLAG, WORKER_PKG
+
+SandboxPolicy = Literal["require", "prefer", "off"]
+# The worker's private mounts (see worker/sandbox.py): a Python installation under one of
+# them is laid back on top inside each worker.
+PRIVATE_MOUNTS = ("/work", "/tmp", "/dev/shm")
+STDERR_TAIL = 8192
 
 if TYPE_CHECKING:
     from .client import WorkerProcess
-
-WORKER_PKG = Path(__file__).resolve().parent / "worker"
-MOUNT_ROOT = "/opt/convgrade"
-_SYSTEM_DIRS = ("/usr", "/etc")
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,15 @@ class Isolation:
 
     sandboxed: bool
     notes: tuple[str, ...] = ()
+    mode: str = ""  # "root" or "userns" when sandboxed
 
     def describe(self) -> str:
-        head = "sandboxed (bubblewrap)" if self.sandboxed else "NOT sandboxed"
+        how = {"root": "bubblewrap, as root", "userns": "bubblewrap, user namespaces"}
+        head = (
+            f"sandboxed ({how.get(self.mode, 'bubblewrap')})"
+            if self.sandboxed
+            else ("NOT sandboxed")
+        )
         return head + ("; " + "; ".join(self.notes) if self.notes else "")
 
 
@@ -72,112 +81,13 @@ class WorkerLimits:
         }
 
 
-def _hidden_paths(extra: tuple[Path, ...]) -> list[Path]:
-    """Directories that must not be visible even if they sit inside a bound directory."""
-    paths = [Path(__file__).resolve().parent]
-    spec = importlib.util.find_spec("reference")
-    if spec and spec.submodule_search_locations:
-        paths += [Path(p).resolve() for p in spec.submodule_search_locations]
-    return paths + [Path(p).resolve() for p in extra]
-
-
-def _python_dirs() -> list[Path]:
-    dirs = {Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix)}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        value = sysconfig.get_paths().get(key)
-        if value:
-            dirs.add(Path(value))
-    for p in site.getsitepackages():
-        dirs.add(Path(p))
-    dirs.add(Path(sys.executable).resolve().parent)
-    resolved = sorted({d.resolve() for d in dirs if d.exists()}, key=lambda p: len(p.parts))
-    keep: list[Path] = []
-    for d in resolved:
-        if any(d == k or k in d.parents for k in keep + [Path(s) for s in _SYSTEM_DIRS]):
-            continue
-        keep.append(d)
-    return keep
-
-
-def bwrap_command(hidden: tuple[Path, ...] = ()) -> list[str]:
-    """The bubblewrap command line that starts a zygote (without the Python part)."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise FileNotFoundError("bwrap")
-    cmd = [bwrap, "--die-with-parent", "--new-session", "--cap-add", "ALL"]
-    cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
-    cmd += ["--unshare-cgroup-try", "--hostname", "convgrade"]
-    for d in _SYSTEM_DIRS:
-        if os.path.isdir(d):
-            cmd += ["--ro-bind", d, d]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/") / name
-        if path.is_symlink():
-            cmd += ["--symlink", os.readlink(path), str(path)]
-        elif path.is_dir():
-            cmd += ["--ro-bind", str(path), str(path)]
-    bound = _python_dirs()
-    created: set[Path] = set()
-    for d in bound:
-        for parent in reversed(d.parents):
-            if parent == Path("/") or parent in created or str(parent) in _SYSTEM_DIRS:
-                continue
-            # bubblewrap would create missing parents with mode 0700 (e.g. /root), which
-            # locks out the unprivileged worker; state the mode explicitly.
-            cmd += ["--perms", "0755", "--dir", str(parent)]
-            created.add(parent)
-        cmd += ["--ro-bind", str(d), str(d)]
-    for h in _hidden_paths(hidden):
-        if any(h == b or b in h.parents for b in bound + [Path(s) for s in _SYSTEM_DIRS]):
-            if h.is_dir():
-                cmd += ["--tmpfs", str(h)]
-            elif h.exists():  # a file (e.g. a zip of submissions): show an empty one
-                cmd += ["--ro-bind", "/dev/null", str(h)]
-    cmd += ["--perms", "0755", "--dir", MOUNT_ROOT]
-    cmd += ["--ro-bind", str(WORKER_PKG), f"{MOUNT_ROOT}/cgworker"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    cmd += ["--perms", "0755", "--dir", "/work", "--chdir", "/work"]
-    cmd += ["--clearenv"]
-    for key, value in _zygote_env().items():
-        cmd += ["--setenv", key, value]
-    return cmd
-
-
-def _zygote_env() -> dict[str, str]:
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": "/work",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "MPLBACKEND": "Agg",
-        "MPLCONFIGDIR": "/tmp",
-        "IPYTHONDIR": "/tmp/.ipython",  # keep the student's working directory empty
-        "XDG_CACHE_HOME": "/tmp/.cache",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        # oneDNN's kernels cost more than they save on the tiny tensors of a notebook
-        # (measured: a chapter notebook's cells take about a third less CPU without them);
-        # results differ from a Jupyter run only by float round-off.
-        "TF_ENABLE_ONEDNN_OPTS": "0",
-    }
-
-
-def _can_sandbox() -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "the grader is not running as root"
-    if shutil.which("bwrap") is None:
-        return False, "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
-    return True, ""
-
-
 class Zygote:
     """One zygote process and its control sockets (one per trusted grading process)."""
 
     def __init__(
         self,
         preload: tuple[str, ...],
-        sandbox: bool,
+        mode: sandboxing.Mode | None,
         hidden: tuple[Path, ...],
         channels: int = 1,
         warm_tensorflow: bool = False,
@@ -194,16 +104,18 @@ class Zygote:
                 "preload": list(preload),
                 # Worth its 0.09 s only in a zygote that forks a worker per submission.
                 "warm_tensorflow": warm_tensorflow,
+                # `python -I` skips the user's site-packages; a `pip install --user` needs it.
+                "site_dirs": sandboxing.user_site_dirs(),
             }
         )
         python = [sys.executable, "-I", "-c", boot, cfg]
-        if sandbox:
-            cmd = bwrap_command(hidden) + python
+        if mode is not None:
+            cmd = sandboxing.bwrap_command(mode, hidden) + python
             env = None
         else:
             boot_local = boot.replace(repr(MOUNT_ROOT), repr(str(_local_worker_root())))
             cmd = [sys.executable, "-I", "-c", boot_local, cfg]
-            env = {**_zygote_env(), "HOME": os.environ.get("HOME", "/tmp")}
+            env = {**sandboxing.zygote_env(), "HOME": os.environ.get("HOME", "/tmp")}
         self.proc = subprocess.Popen(
             cmd,
             pass_fds=tuple(child_fds),
@@ -217,19 +129,28 @@ class Zygote:
             child.close()
         self.controls = [parent for parent, _ in pairs]
         self.lock = threading.Lock()
-        self._stderr_tail: list[bytes] = []
+        self._stderr_tail = b""
         threading.Thread(target=self._drain, daemon=True).start()
         for ctl in self.controls:
             if not ctl.recv(65536):
                 self.proc.wait(timeout=10)
                 raise GraderBug(
                     "the worker zygote failed to start: "
-                    + b"".join(self._stderr_tail).decode(errors="replace")[-2000:]
+                    + self._stderr_tail.decode(errors="replace")[-2000:]
                 )
 
     def _drain(self) -> None:
-        for line in self.proc.stderr:
-            self._stderr_tail = (self._stderr_tail + [line])[-50:]
+        # Fixed-size reads and a fixed-size tail: whatever reaches this pipe (workers get
+        # /dev/null, but a zygote can still print), it never costs more than 8 KiB here.
+        fd = self.proc.stderr.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._stderr_tail = (self._stderr_tail + chunk)[-STDERR_TAIL:]
 
     def spawn(self, request: dict, channel: int = 0) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -283,17 +204,28 @@ class Launcher:
     preload: tuple[str, ...] = DEFAULT_PRELOAD
     limits: WorkerLimits = field(default_factory=WorkerLimits)
     hidden: tuple[Path, ...] = ()
-    force_unsandboxed: bool = False
+    # What to do where no sandbox can start: "require" refuses (SandboxUnavailable),
+    # "prefer" runs unconfined and says so, "off" never sandboxes (the user's --no-sandbox).
+    sandbox: SandboxPolicy = "require"
 
     channels: int = 1  # trusted grading processes that will share the warm zygote
 
     def __post_init__(self) -> None:
-        ok, why = _can_sandbox()
-        if self.force_unsandboxed:
-            ok, why = False, "sandbox disabled by the caller"
-        self.sandbox = ok
-        notes = () if ok else (why, "student code can read files and use the network")
-        self.isolation = Isolation(sandboxed=ok, notes=notes)
+        self.mode: sandboxing.Mode | None = None
+        if self.sandbox == "off":
+            notes: tuple[str, ...] = (
+                f"{NO_SANDBOX_FLAG}: the user chose to run the notebooks unconfined, "
+                "for trusted notebooks only",
+            )
+        else:
+            support = sandboxing.detect()
+            if support.mode is None and self.sandbox == "require":
+                raise sandboxing.refusal(support.reason)
+            self.mode = support.mode
+            notes = () if self.mode else (support.reason,)
+        if self.mode is None:
+            notes += ("student code could read this user's files and use the network",)
+        self.isolation = Isolation(self.mode is not None, notes, self.mode or "")
         self._zygote: Zygote | None = None
         self._pending: queue.Queue | None = None
         self._lock = threading.Lock()
@@ -318,7 +250,7 @@ class Launcher:
             try:
                 reply.put(
                     Zygote(
-                        self.preload, self.sandbox, self.hidden, channels, warm_tensorflow=self.warm
+                        self.preload, self.mode, self.hidden, channels, warm_tensorflow=self.warm
                     )
                 )
             except BaseException as exc:
@@ -360,13 +292,18 @@ class Launcher:
         self._start_midwife()
 
     def spawn(self, slot: int = 0) -> WorkerProcess:
-        """Fork a new worker for one submission; ``slot`` picks its unprivileged uid."""
+        """Fork a new worker for one submission; ``slot`` picks its unprivileged uid (root)."""
         request = {
             "op": "spawn",
-            "uid": 60000 + slot if self.sandbox else None,
-            "namespaces": self.sandbox,
+            # Root gives each live worker a uid of its own; an ordinary user cannot, so each
+            # worker gets a user namespace of its own instead (its own process count), in
+            # which it appears as that uid.
+            "uid": 60000 + slot if self.mode else None,
+            "userns": self.mode == "userns",
+            "namespaces": self.mode is not None,
+            "keep": sandboxing.kept_under_private_mounts(PRIVATE_MOUNTS) if self.mode else [],
             "limits": self.limits.as_dict(),
-            "env": _zygote_env(),
+            "env": sandboxing.zygote_env(),
             "tf_threads": self.limits.tf_threads,
         }
         if self.warm:

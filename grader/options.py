@@ -130,6 +130,16 @@ OPTIONS: dict[str, Option] = {
             ("--quiet", "-q"), "quiet", "no progress output", action="store_true", default=False
         ),
         Option(
+            ("--no-sandbox",),
+            "no_sandbox",
+            "run the notebooks WITHOUT the sandbox, with your own rights: for trusted "
+            "notebooks only (your own solution), never for students' work. Without this flag "
+            "grading refuses to start where no sandbox can be made, and says why and how to "
+            "fix it. Every result.json records the choice",
+            action="store_true",
+            default=False,
+        ),
+        Option(
             ("--out", "-o"),
             "release_out",
             "folder for the student notebook and the student zip",

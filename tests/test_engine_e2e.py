@@ -331,8 +331,46 @@ def test_worker_environment_is_scrubbed(tmp_path, mini_assignment):
     assert code == 0
     executed = outputs_text(tmp_path / "o" / "env" / "executed.ipynb")
     assert "CONVGRADE_TEST_SECRET" not in executed
-    if os.geteuid() == 0:
-        assert "600" in executed  # an unprivileged uid of its own (60000 + slot)
+    # root: an unprivileged uid of its own; an ordinary user: a user namespace of its own
+    # in which the worker is that uid
+    assert "600" in executed
+
+
+def test_the_graders_own_files_are_out_of_reach(tmp_path, mini_assignment):
+    """Whoever grades (root or an ordinary user): their private files, the output folder and
+    the submissions' folder are not in the worker's view, and nothing there can be changed."""
+    secret = Path.home() / f".convgrade-e2e-secret-{os.getpid()}"
+    secret.write_text("instructor-only-token-51c2")
+    os.chmod(secret, 0o600)
+    out = tmp_path / "o"
+    nb = tmp_path / "subs" / "snoop.ipynb"
+    nb.parent.mkdir()
+    probe = (
+        "import os\n"
+        f"for p in [{str(secret)!r}, {str(out)!r}, {str(nb)!r}, {str(Path.home())!r}]:\n"
+        "    try:\n"
+        "        print(p, 'READ', open(p).read()[:40] if os.path.isfile(p) else os.listdir(p))\n"
+        "    except Exception as exc:\n"
+        "        print(p, 'DENIED', type(exc).__name__)\n"
+        f"os.makedirs({str(out / 'snoop')!r}, exist_ok=True)\n"
+        f"open({str(out / 'grades.csv')!r}, 'w').write('snoop,40,40,graded')\n"
+    )
+    _write_nb(nb, probe)
+    try:
+        code = run(
+            ["grade", str(nb.parent), "-a", str(mini_assignment), "--out", str(out), "-q"],
+            io.StringIO(),
+            io.StringIO(),
+        )
+    finally:
+        secret.unlink()
+    assert code == 0
+    executed = outputs_text(out / "snoop" / "executed.ipynb")
+    assert "instructor-only-token" not in executed
+    for path in (secret, out, nb):
+        assert f"{path} DENIED" in executed, executed
+    assert secret.name not in executed.replace(str(secret), ""), executed
+    assert "snoop,40,40" not in (out / "grades.csv").read_text()
 
 
 def test_regrading_gives_the_same_scores_and_reuses_unchanged(batch, mini_assignment):
@@ -407,7 +445,6 @@ def test_a_function_that_times_out_is_not_called_again(batch):
     assert r["execution"]["checks_duration"] < 2 * 5 + 5
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 def test_hidden_paths_inside_the_python_installation_are_masked():
     """A non-editable install puts `reference` and checks inside site-packages: mask them."""
     import numpy

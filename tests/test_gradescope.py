@@ -212,18 +212,42 @@ def test_run_autograder_hides_its_own_crash(autograder_root, engine_notebooks):
     assert results["stdout_visibility"] == "hidden"
 
 
-@pytest.mark.slow
-def test_run_falls_back_when_bubblewrap_cannot_start(
+def test_run_refuses_to_run_student_code_when_the_full_sandbox_cannot_start(
     autograder_root, engine_notebooks, monkeypatch, capsys
 ):
-    # as in a container without user namespaces: bwrap is installed but cannot start
-    monkeypatch.setattr(gradescope, "sandbox_works", lambda hidden=(): (False, "no userns"))
+    # as in a container where bwrap starts a bare sandbox but not the full one
+    monkeypatch.setattr(gradescope, "sandbox_works", lambda mode, hidden=(): (False, "no userns"))
     shutil.copy(engine_notebooks / "good.ipynb", autograder_root / "submission")
-    assert gradescope.run(autograder_root) == 0
+    assert gradescope.run(autograder_root) == 2
     results = json.loads((autograder_root / "results" / "results.json").read_text())
     _assert_gradescope_format(results)
-    assert results["score"] == 5
+    assert results["score"] == 0
+    assert "could not be isolated safely" in results["output"]
     staff = capsys.readouterr().out
-    assert "isolation: NOT sandboxed" in staff
-    if os.geteuid() == 0:
-        assert "bubblewrap cannot start here (no userns); grading unsandboxed" in staff
+    assert "refusing to run student notebooks without a sandbox" in staff
+    assert "no userns" in staff
+    assert "isolation:" not in staff  # the notebook never ran
+
+
+def test_run_autograder_exits_2_without_bubblewrap(autograder_root, engine_notebooks, tmp_path):
+    """The real runner script, on a PATH where bwrap cannot be found."""
+    shutil.copy(engine_notebooks / "good.ipynb", autograder_root / "submission")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bash").symlink_to(shutil.which("bash"))
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    env["CONVGRADE_AUTOGRADER_ROOT"] = str(autograder_root)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [str(autograder_root / "source" / "run_autograder")],
+        cwd=autograder_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "apt-get install bubblewrap" in proc.stdout
+    results = json.loads((autograder_root / "results" / "results.json").read_text())
+    assert results["score"] == 0 and "could not be isolated safely" in results["output"]

@@ -50,7 +50,14 @@ def _worker_main(fd: int, req: dict, notes: list[str], namespaced: bool, go: int
 
     os.read(go, 1)
     os.close(go)
-    notes = notes + sandbox.setup_worker(req.get("limits", {}), req.get("uid"), namespaced)
+    _quiet_standard_streams()
+    notes = notes + sandbox.setup_worker(
+        req.get("limits", {}),
+        req.get("uid"),
+        namespaced,
+        keep=tuple(req.get("keep", ())),
+        own_userns=bool(req.get("userns")) and namespaced,
+    )
     sandbox.scrub_environment(req.get("env", {}))
     threads = req.get("tf_threads")
     if threads and "tensorflow" in sys.modules:
@@ -63,6 +70,16 @@ def _worker_main(fd: int, req: dict, notes: list[str], namespaced: bool, go: int
     chan = protocol.Channel(socket.socket(fileno=fd))
     chan.send({"ok": True, "hello": True, "notes": notes})
     Server(chan).serve()
+
+
+def _quiet_standard_streams() -> None:
+    """The worker's fds 0-2 lead nowhere: what student code writes there natively (not
+    through Python's captured streams) must not reach the zygote's stderr pipe, which the
+    grader reads."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _spawn(req: dict, fd: int, controls: list[socket.socket]) -> int:
@@ -125,6 +142,10 @@ def _back_to_own_pid_namespace() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = json.loads((argv or sys.argv)[1])
+    for site_dir in cfg.get("site_dirs", []):
+        import site
+
+        site.addsitedir(site_dir)
     # One control socket per trusted grading process, so several can ask for workers.
     controls = [socket.socket(fileno=int(fd)) for fd in cfg["control_fds"]]
     # No automatic collections while the libraries import: importing TensorFlow, IPython and
