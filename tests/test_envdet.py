@@ -286,6 +286,11 @@ def test_a_failed_top_level_import_does_not_stop_the_cell(runner):
         ns["convolve"](1)
 
 
+def test_a_future_import_stays_first_in_its_cell(runner):
+    out = runner.run("from __future__ import annotations\nimport numpy as np\ndef f(x: Foo): ...")
+    assert out["error"] is None and "f" in runner.namespace
+
+
 def test_an_undeclared_import_inside_a_function_fails_when_called(runner):
     runner.run("def f():\n    import scipy\n    return 1\n")
     with pytest.raises(ModuleNotFoundError, match=r"^scipy is not available in the grading"):

@@ -153,6 +153,10 @@ def _check_stmt(module: str, level: int, text: str) -> ast.stmt:
     )
 
 
+def _is_future(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"
+
+
 def _module_of(stmt: ast.stmt) -> str:
     if isinstance(stmt, ast.ImportFrom):
         return stmt.module or ""
@@ -177,7 +181,9 @@ class ImportTransformer(ast.NodeTransformer):
     def visit_Module(self, node: ast.Module) -> ast.Module:
         body = []
         for stmt in node.body:
-            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            if _is_future(stmt):  # must stay first in the cell, and never fails
+                body.append(stmt)
+            elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 body += self._top_level(stmt)
             else:
                 body.append(self.visit(stmt))
@@ -233,6 +239,8 @@ class ImportTransformer(ast.NodeTransformer):
         return [ast.fix_missing_locations(s) for s in self._guarded(node)]
 
     def visit_ImportFrom(self, node: ast.ImportFrom):
+        if _is_future(node):
+            return node
         return [ast.fix_missing_locations(s) for s in self._guarded(node)]
 
 
