@@ -11,7 +11,8 @@ or delete the cell. So for each question of the handed-out notebook (the templat
    next question's prompt or another question's tagged cell. Text there that the template
    does not hold is the student's: new markdown or raw cells, comment-only code cells, and
    what was added to the prompt cell itself;
-3. if neither holds anything: an explicit ``[MISSING]`` row, so staff see the gap.
+3. if neither holds anything: an explicit ``[MISSING]`` row, so staff see the gap; it lists
+   the text cells the student added that no question claimed, so staff can look there.
 
 Text not found in the tagged cell is marked with where it was found, so staff can tell.
 """
@@ -102,7 +103,9 @@ def _find_prompt(cells, prompt: str) -> int | None:
     return None
 
 
-def _region_texts(cells, start: int, question: str, known, prompts: set[str]) -> list[str]:
+def _region_texts(
+    cells, start: int, question: str, known, prompts: set[str]
+) -> list[tuple[int, str]]:
     found = []
     for i in range(start + 1, len(cells)):
         cell = cells[i]
@@ -115,10 +118,23 @@ def _region_texts(cells, start: int, question: str, known, prompts: set[str]) ->
         if kind == "code":
             comment = _comment_text(text)
             if comment:
-                found.append(f"[found in cell {i + 1}, a code cell of comments] {comment}")
+                found.append((i, f"[found in cell {i + 1}, a code cell of comments] {comment}"))
         elif kind in ("markdown", "raw"):
-            found.append(f"[found in cell {i + 1}, a {kind} cell after the prompt] {text}")
+            found.append((i, f"[found in cell {i + 1}, a {kind} cell after the prompt] {text}"))
     return found
+
+
+def _added_text(cells, known, used: set[int]) -> list[str]:
+    """Markdown and raw cells the student added that no question claimed."""
+    out = []
+    for i, cell in enumerate(cells):
+        text = _source(cell).strip()
+        if cell.get("cell_type") not in ("markdown", "raw") or i in used:
+            continue
+        if text in known or _is_blank(text) or _tag_question(cell):
+            continue
+        out.append(f"cell {i + 1}: {text.splitlines()[0][:80]!r}")
+    return out
 
 
 def free_text_answers(nb, template: Path | None = None) -> tuple[tuple[str, str], ...]:
@@ -142,7 +158,8 @@ def free_text_answers(nb, template: Path | None = None) -> tuple[tuple[str, str]
             questions.append(q)
             seen.add(q.id)
     prompts = {q.prompt for q in questions if q.prompt}
-    answers = []
+    found: dict[str, list[str]] = {}
+    used: set[int] = set()
     for q in questions:
         texts = [
             _source(c).strip()
@@ -151,13 +168,24 @@ def free_text_answers(nb, template: Path | None = None) -> tuple[tuple[str, str]
         ]
         start = _find_prompt(cells, q.prompt)
         if start is not None:
+            used.add(start)
             own = _source(cells[start]).strip()
-            extra = own.replace(q.prompt, "", 1).strip() if q.prompt in own else ""
-            if extra and own not in known:
-                texts.append(f"[found in cell {start + 1}, typed into the prompt] {extra}")
-            texts += _region_texts(cells, start, q.id, known, prompts)
+            if own not in known:  # the student typed into the prompt's own cell
+                extra = own.replace(q.prompt, "", 1).strip() if q.prompt in own else own
+                how = "typed into the prompt" if q.prompt in own else "the prompt cell, edited"
+                texts.append(f"[found in cell {start + 1}, {how}] {extra}")
+            region = _region_texts(cells, start, q.id, known, prompts)
+            used.update(i for i, _ in region)
+            texts += [text for _, text in region]
+        found[q.id] = texts
+    elsewhere = _added_text(cells, known, used)
+    answers = []
+    for q in questions:
+        texts = found[q.id]
         if not texts:
+            start = _find_prompt(cells, q.prompt)
             where = " near the question's prompt" if start is not None else " (the prompt is gone)"
-            texts = [MISSING + where]
+            hint = f". Text added elsewhere: {'; '.join(elsewhere[:5])}" if elsewhere else ""
+            texts = [MISSING + where + hint]
         answers.append((q.id, "\n\n".join(texts)))
     return tuple(answers)

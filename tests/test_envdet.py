@@ -343,6 +343,15 @@ def test_the_untouched_template_has_every_answer_missing():
     assert len(found) == 4 and all(t.startswith("[MISSING]") for t in found.values())
 
 
+def test_a_missing_answer_points_to_text_the_student_added_elsewhere():
+    nb = load_submission(ENVDET / "conv_answers_elsewhere.ipynb").nb
+    nb.cells.append(new_markdown_cell("KERNELS-ANSWER, typed at the very end: d + 1 taps."))
+    found = dict(free_text_answers(nb, CONV / "student.ipynb"))
+    assert found["kernels"].startswith("[MISSING]")
+    assert f"cell {len(nb.cells)}: 'KERNELS-ANSWER, typed at the very end" in found["kernels"]
+    assert "DIAGONAL-ANSWER" not in found["kernels"]  # claimed by its own question
+
+
 def test_without_a_template_the_tagged_cells_still_name_the_questions():
     nb = new_notebook(
         cells=[
