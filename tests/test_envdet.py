@@ -29,6 +29,21 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVDET = ROOT / "tests" / "fixtures" / "envdet"
 CONV = ROOT / "assignments" / "convolutions"
 
+
+def test_fixtures_are_built_by_their_script(tmp_path):
+    """The committed notebooks are what the script makes now (from full_marks.ipynb)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make", ENVDET / "make_envdet_fixtures.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    make.main(tmp_path)
+    made = sorted(p.name for p in tmp_path.glob("*.ipynb"))
+    assert made == sorted(p.name for p in ENVDET.glob("*.ipynb"))
+    for name in made:
+        assert (tmp_path / name).read_text() == (ENVDET / name).read_text(), name
+
+
 # -- seeds -------------------------------------------------------------------------------
 
 
