@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 ENVDET = ROOT / "tests" / "fixtures" / "envdet"
 MINI = ROOT / "tests" / "fixtures" / "mini"
+CONV = ROOT / "assignments" / "convolutions"
 HIDDEN_CORR2D = "checks/hidden/test_corr2d_hidden.py::test_random_non_square"
 
 
@@ -63,16 +64,18 @@ def regrades(tmp_path_factory):
     nb = nbformat.read(ENVDET / "conv_random_learner.ipynb", as_version=4)
     nb.cells[1].source = "# the same code, one comment more\n" + nb.cells[1].source
     nbformat.write(nb, subs / "learner_comment.ipynb")
+    # A copy of this checkout's assignment: "-a convolutions" would resolve through the
+    # installed package, and grading makes the secret in the folder it grades with.
+    asg = tmp_path_factory.mktemp("asg") / "convolutions"
+    shutil.copytree(CONV, asg, ignore=shutil.ignore_patterns("secret", "examples"))
     warm = tmp_path_factory.mktemp("warm")
     fresh = tmp_path_factory.mktemp("fresh")
     runs = []
     for out, extra in ((warm, ["--jobs", "2"]), (warm, ["--jobs", "1", "--force"])):
-        code, _, err = cli("grade", str(subs), "-a", "convolutions", "--out", str(out), *extra)
+        code, _, err = cli("grade", str(subs), "-a", str(asg), "--out", str(out), *extra)
         assert code == 0, err
         runs.append(results(out))
-    code, _, err = cli(
-        "grade", str(subs), "-a", "convolutions", "--out", str(fresh), "--fresh-workers"
-    )
+    code, _, err = cli("grade", str(subs), "-a", str(asg), "--out", str(fresh), "--fresh-workers")
     assert code == 0, err
     runs.append(results(fresh))
     return {"runs": runs, "warm": warm}
