@@ -92,6 +92,9 @@ def _question_totals(assignment: Assignment, tests: list[CheckResult]):
     return tuple(out)
 
 
+MAX_CELL_ERRORS = 50  # listed for the student; a notebook of 20,000 failing cells says so once
+
+
 def _cell_errors(session: NotebookSession) -> list[str]:
     errors = []
     for rec in session.records:
@@ -104,21 +107,33 @@ def _cell_errors(session: NotebookSession) -> list[str]:
             errors.append(f"{label}: {rec.evalue}")
         elif rec.status == "skipped":
             errors.append(f"{label} was not run: {rec.evalue}")
+    if len(errors) > MAX_CELL_ERRORS:
+        more = len(errors) - MAX_CELL_ERRORS
+        errors = errors[:MAX_CELL_ERRORS] + [f"... and {more} more cells like these"]
     if session.shell_commands:
         errors.append(
-            "shell commands (lines starting with !) are not run under grading: "
-            + ", ".join(f"!{c}" for c in session.shell_commands[:5])
+            "shell commands (!, %sx, %%bash, %%sh, %%script and the like) are not run under "
+            "grading: " + ", ".join(_shell_label(c) for c in session.shell_commands[:5])
         )
+    if session.output_note:
+        errors.append(session.output_note)
     return errors
+
+
+def _shell_label(command: str) -> str:
+    # A cell magic is recorded with its name ("%%bash: ..."); a line escape as its command.
+    return command if command.startswith("%") else f"!{command}"
 
 
 def _status(session: NotebookSession) -> str:
     statuses = {r.status for r in session.records}
     if any(r.ename == "MemoryError" for r in session.records):
         return "memory"
-    if "timeout" in statuses or "skipped" in statuses:
+    # A cell skipped because its worker kept dying is a crash, not a timeout.
+    timed_out = [r for r in session.records if r.status == "skipped" and r.ename != "WorkerDied"]
+    if "timeout" in statuses or timed_out:
         return "timeout"
-    if "killed" in statuses or session.restarts:
+    if "killed" in statuses or "skipped" in statuses or session.restarts:
         return "crashed"
     return "graded"
 
@@ -186,21 +201,35 @@ def finish(
         )
     except Exception as exc:
         detail = exc.args[0] if isinstance(exc, _Bug) else traceback.format_exc()
-        msg = "the autograder failed on this submission; course staff can see why"
-        tests = _not_run(checks, msg)
-        return SubmissionResult(
-            score=0.0,
-            status="grader_error",
-            tests=tuple(tests),
-            errors=(msg,),
-            questions=_question_totals(assignment, tests),
-            execution=Execution(isolation=isolation),
-            staff_details=detail,
-            **base,
-        )
+        return grader_error(sub, assignment, checks, isolation, detail)
     finally:
         if prep.session is not None:
-            prep.session.close()
+            try:
+                prep.session.close()
+            except Exception:  # the result stands; the worker is killed by its pidfd anyway
+                pass
+
+
+GRADER_ERROR_MESSAGE = "the autograder failed on this submission; course staff can see why"
+
+
+def grader_error(
+    sub: Submission, assignment: Assignment, checks: list[CheckInfo], isolation: str, detail: str
+) -> SubmissionResult:
+    """The row of a submission our side failed on: 0 points, the reason for staff only."""
+    tests = _not_run(checks, GRADER_ERROR_MESSAGE)
+    return SubmissionResult(
+        submission=sub.id,
+        source=sub.origin,
+        max_score=assignment.max_score,
+        score=0.0,
+        status="grader_error",
+        tests=tuple(tests),
+        errors=(GRADER_ERROR_MESSAGE,),
+        questions=_question_totals(assignment, tests),
+        execution=Execution(isolation=isolation),
+        staff_details=detail,
+    )
 
 
 def _pytest_once(assignment: Assignment, options: GradeOptions):

@@ -155,18 +155,19 @@ class Student:
         )
 
     def _request(self, message: dict, label: str) -> dict:
-        # A function that ran out of time once is not called again: forty checks of an
-        # endless loop would otherwise cost forty timeouts.
-        key = _function_key(message)
+        # Anything that ran out of time once (a call, a value fetch that runs student code
+        # through .numpy(), a probe) is not asked again: forty checks of an endless loop
+        # would otherwise cost forty timeouts.
+        key = _request_key(message, self._session.generation)
         slow = self._session.timed_out
-        if key is not None and key in slow:
-            raise WorkerGone(f"`{label}` was not called again: an earlier call {slow[key]}")
+        if key in slow:
+            again = "called" if key[0] in ("call", "probe") else "asked for"
+            raise WorkerGone(f"`{label}` was not {again} again: an earlier request {slow[key]}")
         try:
             reply = self._session.request(message)
         except WorkerFailure as exc:
             if exc.kind in ("timeout", "interrupted"):
-                if key is not None:
-                    slow[key] = exc.message
+                slow[key] = exc.message
                 raise WorkerGone(
                     f"`{label}` {exc.message}: is there an endless loop, or a loop over every "
                     "pixel that is far too slow?"
@@ -190,14 +191,23 @@ class Student:
         raise CheckFailure(f"`{label}` failed: {reply.get('message', kind)}")
 
 
-def _function_key(message: dict) -> tuple | None:
-    """The notebook-level function a request calls (``("corr2d",)``), if any."""
-    if message.get("op") == "probe":
+def _request_key(message: dict, generation: int) -> tuple:
+    """What a request asks for, as a key of ``session.timed_out``.
+
+    A notebook-level name (``("call", "corr2d")``) keeps its key across restarts; an object
+    that lives in the worker is named by its handle, which only its worker generation knows.
+    """
+    op = message.get("op")
+    if op == "probe":
         return ("probe", message.get("name"))
+    if op == "has":
+        return ("has", message.get("name"))
     target = message.get("target") or {}
-    if message.get("op") == "call" and target.get("base") is None:
-        return tuple(target.get("path") or ())
-    return None
+    base = target.get("base")
+    path = tuple(target.get("path") or ())
+    if base is None:
+        return (op, *path)
+    return (op, "handle", generation, getattr(base, "id", None), *path)
 
 
 class _Probes:
