@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 
+from .imports import is_environment_line
 from .replies import clean_text
 from .results import SubmissionResult
 
@@ -169,15 +170,18 @@ def _escape(segment: str) -> str:
 def feedback_md(result: SubmissionResult, title: str = "") -> str:
     lines = [f"# Feedback{': ' + title if title else ''}", ""]
     lines.append(f"**Score: {_fmt(result.score)} / {_fmt(result.max_score)}**")
+    environment = [e for e in result.errors if is_environment_line(e)]  # first thing to read
+    lines += [line for e in environment for line in ("", md_text(e))]
     if not result.graded:
         reason = md_text("; ".join(result.errors))
         lines += ["", f"Your submission could not be graded: {reason}"]
     lines += ["", "| question | points |", "| --- | --- |"]
     for q, s, m in result.questions:
         lines.append(f"| {q} | {_fmt(s)} / {_fmt(m)} |")
-    if result.graded and result.errors:
+    problems = [e for e in result.errors if not is_environment_line(e)]
+    if result.graded and problems:
         lines += ["", "## Problems while running your notebook", ""]
-        lines += [f"- {md_text(e)}" for e in result.errors]
+        lines += [f"- {md_text(e)}" for e in problems]
     lines += ["", "## Checks", ""]
     # In the order of the questions, so each part's checks read together.
     order = {q: i for i, (q, _, _) in enumerate(result.questions)}

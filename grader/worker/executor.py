@@ -19,6 +19,7 @@ MAX_STREAM_CHARS = 64 * 1024
 MAX_CELL_OUTPUT_CHARS = 256 * 1024
 MAX_IMAGE_CHARS = 1024 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # object addresses differ from run to run
 _KEPT_MIME = ("text/plain", "text/html", "text/markdown", "image/png", "image/svg+xml")
 
 
@@ -171,6 +172,9 @@ class CellRunner:
             self.shell.run_line_magic("matplotlib", "inline")
         except Exception:  # matplotlib is optional in a notebook
             pass
+        from . import imports
+
+        imports.install(self.shell)
         self._outputs: list[dict] = []
         self._error: dict | None = None
         self._shell_commands: list[str] = []
@@ -261,9 +265,12 @@ class CellRunner:
                     "traceback": e["traceback"].splitlines()[-60:],
                 }
             )
+        error = self._error
+        if error is not None:  # the record kept in result.json: identical on every re-grade
+            error = {**error, "evalue": _ADDRESS.sub("0x...", error["evalue"])}
         return {
             "outputs": outputs,
-            "error": self._error,
+            "error": error,
             "shell_commands": list(self._shell_commands),
             "duration": elapsed,
         }
