@@ -273,6 +273,8 @@ def zygote_env() -> dict[str, str]:
         "IPYTHONDIR": "/tmp/.ipython",  # keep the student's working directory empty
         "XDG_CACHE_HOME": "/tmp/.cache",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # Set and dict orders of strings then follow the code alone: re-grades agree.
+        "PYTHONHASHSEED": "0",
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
         # oneDNN's kernels cost more than they save on the tiny tensors of a notebook
