@@ -106,6 +106,14 @@ class Student:
         )
         return reply["value"]
 
+    def code_cells(self) -> tuple[str, ...]:
+        """The source of each code cell of the submitted notebook, in order.
+
+        Read from the submission by the grader, never from the worker: a check may trust it
+        as what the student wrote (not as what ran).
+        """
+        return tuple(str(c.source) for c in getattr(self._session, "cells", ()))
+
     def type_name(self, ref: Remote) -> str:
         reply = self._request({"op": "type", "target": self._target_of(ref)}, ref._label)
         return str(reply["value"])
@@ -179,7 +187,12 @@ class Student:
             raise MissingName(f"your notebook does not define `{reply.get('name')}`")
         if kind == "raised":
             ename, evalue = str(reply.get("ename")), str(reply.get("evalue"))
-            text = f"`{label}` raised {ename}" + (f": {evalue}" if evalue else "")
+            # A plain sentence first, then only the error's first line: TensorFlow's
+            # messages run to many lines of internals.
+            first = evalue.strip().splitlines()[0][:300] if evalue.strip() else ""
+            text = f"your code raised an error when the check called `{label}`: {ename}" + (
+                f": {first}" if first else ""
+            )
             if ename == "NotImplementedError":
                 text += " (this part is not written yet)"
             raise StudentCodeRaised(text, ename, evalue)

@@ -43,22 +43,25 @@ MAX_SCORE = sum(QUESTIONS.values())
 
 # fixture stem -> ({question: points lost}, regex that a failed check's message must match)
 EXPECTED = {
+    # Policy (docs/grading-policy.md): detect_edges is judged with the student's own corr2d,
+    # so a corr2d mistake no longer costs edges points (it did before: 2 each for 01-04).
     "mistake_01_flipped_kernel": (
-        {"corr2d": 5, "edges": 2},
+        {"corr2d": 5},
         r"looks like true convolution: the kernel is flipped",
     ),
     "mistake_02_shape_off_by_one": (
-        {"corr2d": 6, "edges": 2},
+        {"corr2d": 6},
         r"output shape is off by one",
     ),
     "mistake_03_height_width_swapped": (
-        {"corr2d": 5, "edges": 2},
+        {"corr2d": 5},
         r"height and width are mixed up",
     ),
     "mistake_04_hard_coded_corr2d": (
-        # The layer built on it passes its output checks (errors carried forward) but
-        # cannot learn: a constant output has no gradient.
-        {"corr2d": 5, "edges": 2, "conv2d": 2},
+        # The layer built on it passes its output checks (errors carried forward), and its
+        # missing weight gradient is the true one (finite differences say the output does not
+        # depend on the weight), so it costs nothing more: the policy charges a mistake once.
+        {"corr2d": 5},
         r"looks hard-coded",
     ),
     "mistake_05_conv2d_without_bias": (
@@ -97,9 +100,68 @@ EXPECTED = {
         # The chapter's corr2d is right but fails on integer arrays; its Conv2D takes no
         # kernel_size; its learning cell raises on Keras 3, so learn_kernel never exists.
         {"corr2d": 1, "conv2d": 5, "learn_kernel": 5},
-        r"raised \w+ on integer arrays",
+        (
+            r"raised \w+ on integer arrays",
+            r"your Conv2D takes no kernel size, like the chapter's layer, which receives its "
+            r"kernel shape in build\(\)",
+            r"the chapter's training loop as top-level code, which raises on Keras 3",
+        ),
+    ),
+    # --- issue 16's classes under docs/grading-policy.md (scored before they were graded) --
+    # False failures: right code in an accepted form keeps every point.
+    "policy_scalar_bias": ({}, None),
+    "policy_zero_d_tensor_number": ({}, None),
+    "policy_answer_spellings": ({}, None),
+    "policy_answer_two_letters": (
+        {"gradient": 2},
+        r"GRADIENT_ANSWER is 'B or C', which is not one of the letters A to D",
+    ),
+    # Carry-forward vouches only for what comes from corr2d: the kernel is detect_edges' own.
+    "policy_edges_reversed_kernel": ({"edges": 2}, r"has the signs reversed"),
+    # False passes: each now costs the check that tests its property.
+    "policy_corr2d_casts_to_kernel_dtype": (
+        {"corr2d": 1},
+        r"casts the image to the kernel's integer dtype",
+    ),
+    "policy_corr2d_matmul_calls_corr2d": (
+        {"matmul": 2},
+        r"corr2d_matmul computes no matrix product: it uses corr2d",
+    ),
+    "policy_bias_not_trainable": ({"conv2d": 1}, r"created with trainable=False"),
+    "policy_losses_after_update": ({"learn_kernel": 1}, r"recorded after its update"),
+    # Feedback: each names its mistake.
+    "policy_learn_kernel_mean_loss": (
+        {"learn_kernel": 5},
+        r"mean of the squared differences, not their sum",
+    ),
+    "policy_learn_kernel_ignores_lr": ({"learn_kernel": 5}, r"does not use its lr argument"),
+    "policy_learn_kernel_step_twice": (
+        {"learn_kernel": 5},
+        r"at lr=0\.03, but fall at lr=0\.0003: each step overshoots",
+    ),
+    # Wrong on rectangular kernels only: corr2d pays; the layer is judged with square ones.
+    "policy_kernel_sides_swapped": ({"corr2d": 3}, r"height and width are mixed up"),
+    "policy_conv2d_tf_error": (
+        {"conv2d": 5},
+        r"the first call of Conv2D\(\(1, 2\)\) on a 6x6 image failed: build\(\) or call\(\) "
+        r"raised an error \(",
+    ),
+    # --- issue 15: a NumPy layer (no Keras, no autodiff) earns the same with forged probes
+    "hostile_numpy_layer": (
+        {"conv2d": 2},
+        r"call\(\) does not compute the output from `weight` with TensorFlow operations",
+    ),
+    "hostile_numpy_layer_forged_probes": (
+        {"conv2d": 2},
+        r"call\(\) does not compute the output from `weight` with TensorFlow operations",
+    ),
+    "hostile_numpy_layer_forged_worker_table": (
+        {"conv2d": 2},
+        r"the gradient for `weight` does not match how layer\(X\) changes with the weight",
     ),
 }
+# Feedback that must not appear for a fixture (a mistake named as another one).
+NOT_SAID = {"policy_kernel_sides_swapped": r"off by one"}
 PYTEST_STARTUP = 1.5  # seconds of checks_duration spent before the first check runs
 CORRECT_CORR2D = ["correct_corr2d_numpy", "correct_corr2d_tf_nn", "correct_corr2d_loops"]
 
@@ -330,11 +392,25 @@ def test_untouched_template_scores_zero_without_engine_error(graded):
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
 def test_mistake_loses_exactly_its_points_and_is_named(graded, stem):
-    lost, pattern = EXPECTED[stem]
+    lost, patterns = EXPECTED[stem]
     result = graded[stem]
+    messages = failure_messages(result)
     assert result.status == "graded"
-    assert lost_points(result) == lost, failure_messages(result)
-    assert re.search(pattern, failure_messages(result)), failure_messages(result)
+    assert lost_points(result) == lost, messages
+    if patterns is None:  # right in an accepted form: not even a 0-point check fails
+        assert messages == "", messages
+    for pattern in [patterns] if isinstance(patterns, str) else patterns or ():
+        assert re.search(pattern, messages), messages
+    if stem in NOT_SAID:
+        assert not re.search(NOT_SAID[stem], messages), messages
+
+
+@pytest.mark.slow
+def test_forged_probes_earn_nothing(graded):
+    """Issue 15: forging the probes does not change the score of a layer with no autodiff."""
+    honest = graded["hostile_numpy_layer"].question_scores
+    for stem in ("hostile_numpy_layer_forged_probes", "hostile_numpy_layer_forged_worker_table"):
+        assert graded[stem].question_scores == honest, stem
 
 
 @pytest.mark.slow
