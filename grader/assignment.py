@@ -36,6 +36,9 @@ class Assignment:
     source: Path
     preload: tuple[str, ...]
     student: Path
+    # [environment] packages: the top-level packages notebooks may import besides the
+    # standard library; None (not declared): whatever the grading environment has.
+    packages: tuple[str, ...] | None = None
 
     @property
     def public_dir(self) -> Path:
@@ -131,6 +134,7 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
         raise StaffError(
             f"[worker] preload must be a list of module names {where}. Received: {preload!r}"
         )
+    packages = _packages(data.get("environment", {}), where)
     public = root / "checks" / "public"
     hidden = root / "checks" / "hidden"
     if not public.is_dir() and not hidden.is_dir():
@@ -144,4 +148,27 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
         source=root / str(meta.get("source", "source.ipynb")),
         student=root / str(meta.get("student", "student.ipynb")),
         preload=tuple(preload),
+        packages=packages,
     )
+
+
+def _packages(environment, where: str) -> tuple[str, ...] | None:
+    """``[environment] packages``: top-level import names (``sklearn``, not ``scikit-learn``)."""
+    if not isinstance(environment, dict):
+        raise StaffError(f"[environment] must be a table {where}")
+    unknown = set(environment) - {"packages"}
+    if unknown:
+        raise StaffError(
+            f"unknown key(s) {sorted(unknown)} in [environment] {where}; known: packages"
+        )
+    if "packages" not in environment:
+        return None
+    packages = environment["packages"]
+    if not isinstance(packages, list) or not all(
+        isinstance(p, str) and p.isidentifier() for p in packages
+    ):
+        raise StaffError(
+            f"[environment] packages must be a list of top-level import names such as "
+            f'["numpy", "tensorflow"] {where}. Received: {packages!r}'
+        )
+    return tuple(packages)

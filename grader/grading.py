@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .answers import free_text_answers
 from .assignment import Assignment
 from .errors import SubmissionProblem
+from .imports import environment_problems
 from .launcher import Launcher
 from .notebook import LoadedNotebook, load_submission
 from .plugin import CheckInfo, GradingPlugin, check_dirs, run_pytest
@@ -28,6 +30,7 @@ class GradeOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     include_hidden: bool = True
     max_notebook_mib: int = 50
+    packages: tuple[str, ...] | None = None  # what notebooks may import; None: anything
 
 
 @dataclass
@@ -62,7 +65,9 @@ def prepare(sub: Submission, launcher: Launcher, options: GradeOptions, slot: in
         if sub.problem is not None:
             raise sub.problem
         prep.notebook = load_submission(sub.path, options.max_notebook_mib)
-        prep.session = NotebookSession(launcher, prep.notebook.code_cells, options.timeouts, slot)
+        prep.session = NotebookSession(
+            launcher, prep.notebook.code_cells, options.timeouts, slot, options.packages
+        )
         prep.session.run_notebook()
     except SubmissionProblem as exc:
         prep.problem = exc
@@ -154,7 +159,8 @@ def finish(
         checks_duration = time.monotonic() - started
         if not tests:
             raise _Bug("no check results: " + details[-3000:])
-        errors = _cell_errors(session)
+        cells = ((c.index, c.source) for c in prep.notebook.code_cells)
+        errors = environment_problems(cells, assignment.packages) + _cell_errors(session)
         if session.gave_up:
             errors.append(f"grading stopped early: {session.gave_up}")
         execution = Execution(
@@ -174,7 +180,7 @@ def finish(
             errors=tuple(errors),
             execution=execution,
             questions=_question_totals(assignment, tests),
-            answers=prep.notebook.answers,
+            answers=free_text_answers(prep.notebook.nb, assignment.student),
             staff_details=details,
             **base,
         )

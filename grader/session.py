@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from . import seeding
 from .errors import WorkerFailure
 from .launcher import Launcher
 from .notebook import Cell
@@ -26,8 +27,17 @@ class Timeouts:
 
 
 class NotebookSession:
-    def __init__(self, launcher: Launcher, cells: tuple[Cell, ...], timeouts: Timeouts, slot=0):
+    def __init__(
+        self,
+        launcher: Launcher,
+        cells: tuple[Cell, ...],
+        timeouts: Timeouts,
+        slot=0,
+        packages: tuple[str, ...] | None = None,
+    ):
         self.launcher = launcher
+        self.packages = packages  # what the cells may import (None: whatever is installed)
+        self.content_key = seeding.content_key(c.source for c in cells)
         self.cells = cells
         self.timeouts = timeouts
         self.slot = slot
@@ -46,6 +56,14 @@ class NotebookSession:
     def _start(self) -> None:
         self.worker = self.launcher.spawn(self.slot)
         self.generation += 1
+        # Before any cell (and before a restarted worker replays them): the same seed for
+        # the same submission, and the packages it may import.
+        setup = {"op": "setup", "seed": seeding.notebook_seed(self.content_key)}
+        setup["packages"] = None if self.packages is None else list(self.packages)
+        try:
+            self.worker.request(setup, self.timeouts.call)
+        except WorkerFailure:
+            pass  # the first cell finds the worker dead and restarts it
         for note in self.worker.notes:
             if note not in self.notes:
                 self.notes.append(note)

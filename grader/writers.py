@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 
+from .imports import is_environment_line
 from .results import SubmissionResult
 
 GRADESCOPE_VISIBILITY = {"visible": "visible", "hidden": "after_published"}
@@ -118,14 +119,17 @@ def gradescope_json(result: SubmissionResult) -> dict:
 def feedback_md(result: SubmissionResult, title: str = "") -> str:
     lines = [f"# Feedback{': ' + title if title else ''}", ""]
     lines.append(f"**Score: {_fmt(result.score)} / {_fmt(result.max_score)}**")
+    environment = [e for e in result.errors if is_environment_line(e)]  # first thing to read
+    lines += [line for e in environment for line in ("", e)]
     if not result.graded:
         lines += ["", f"Your submission could not be graded: {'; '.join(result.errors)}"]
     lines += ["", "| question | points |", "| --- | --- |"]
     for q, s, m in result.questions:
         lines.append(f"| {q} | {_fmt(s)} / {_fmt(m)} |")
-    if result.graded and result.errors:
+    problems = [e for e in result.errors if not is_environment_line(e)]
+    if result.graded and problems:
         lines += ["", "## Problems while running your notebook", ""]
-        lines += [f"- {e}" for e in result.errors]
+        lines += [f"- {e}" for e in problems]
     lines += ["", "## Checks", ""]
     # In the order of the questions, so each part's checks read together.
     order = {q: i for i, (q, _, _) in enumerate(result.questions)}

@@ -169,6 +169,9 @@ class CellRunner:
             self.shell.run_line_magic("matplotlib", "inline")
         except Exception:  # matplotlib is optional in a notebook
             pass
+        from . import imports
+
+        imports.install(self.shell)
         self._outputs: list[dict] = []
         self._error: dict | None = None
         self._shell_commands: list[str] = []

@@ -197,6 +197,22 @@ class Server:
         kwargs = self._materialise(req.get("kwargs") or {})
         return self._reply_value(probe(*args, **kwargs), req.get("want", "auto"))
 
+    def op_setup(self, req):
+        """Before the notebook runs: the seed, and the packages its cells may import."""
+        from . import imports, seeding
+
+        packages = req.get("packages")
+        imports.configure(None if packages is None else [str(p) for p in packages])
+        seeding.seed_everything(int(req["seed"]))
+        return {"ok": True}
+
+    def op_seed(self, req):
+        """Before a check's calls: seed every generator from the check's own seed."""
+        from . import seeding
+
+        seeding.seed_everything(int(req["seed"]))
+        return {"ok": True}
+
     def op_release(self, req):
         for hid in req.get("ids") or []:
             self.handles.pop(hid, None)

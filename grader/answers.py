@@ -1,0 +1,163 @@
+"""Finding a submission's free-text answers for ``manual.csv``, wherever the student typed them.
+
+The student notebook hands out, for each free-text question, a markdown *prompt* followed by
+a markdown cell tagged ``answer:<question>`` holding a placeholder. Students do not always
+type into that cell: they add a new cell below it, type under the prompt in the prompt's own
+cell, replace the tagged cell by a fresh (untagged) one, write a raw cell or a code comment,
+or delete the cell. So for each question of the handed-out notebook (the template):
+
+1. the tagged cell's text, unless it is empty or still the placeholder;
+2. the *region* of the question: the cells after its prompt, up to the next heading, the
+   next question's prompt or another question's tagged cell. Text there that the template
+   does not hold is the student's: new markdown or raw cells, comment-only code cells, and
+   what was added to the prompt cell itself;
+3. if neither holds anything: an explicit ``[MISSING]`` row, so staff see the gap.
+
+Text not found in the tagged cell is marked with where it was found, so staff can tell.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from .stubs import MARKDOWN_PLACEHOLDER
+
+ANSWER_TAG = "answer:"
+MISSING = "[MISSING] no answer found: the answer cell is empty or deleted, and no text was typed"
+
+
+@dataclass(frozen=True)
+class _Question:
+    id: str
+    prompt: str  # the markdown just before the tagged cell in the template ("" if none)
+
+
+def _source(cell) -> str:
+    source = cell.get("source", "")
+    if isinstance(source, list):
+        source = "".join(str(s) for s in source)
+    return source if isinstance(source, str) else ""
+
+
+def _tag_question(cell) -> str | None:
+    tags = cell.get("metadata", {}).get("tags", []) or []
+    for tag in tags if isinstance(tags, list) else []:
+        if isinstance(tag, str) and tag.startswith(ANSWER_TAG):
+            return tag[len(ANSWER_TAG) :].strip() or None
+    return None
+
+
+def _questions(cells) -> list[_Question]:
+    out = []
+    for i, cell in enumerate(cells):
+        question = _tag_question(cell)
+        if question and cell.get("cell_type") == "markdown":
+            before = cells[i - 1] if i else None
+            prompt = ""
+            if before is not None and before.get("cell_type") == "markdown":
+                if not _tag_question(before):
+                    prompt = _source(before).strip()
+            out.append(_Question(question, prompt))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _template(path: str, mtime: float) -> tuple[tuple[_Question, ...], frozenset[str]]:
+    nb = nbformat.read(path, as_version=4)
+    known = frozenset(_source(c).strip() for c in nb.cells)
+    return tuple(_questions(nb.cells)), known
+
+
+def _is_blank(text: str) -> bool:
+    return text.strip() in ("", MARKDOWN_PLACEHOLDER)
+
+
+def _comment_text(source: str) -> str | None:
+    """The text of a code cell made of comments only (an answer typed as comments)."""
+    lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
+    if lines and all(ln.startswith("#") for ln in lines):
+        return "\n".join(ln.lstrip("#").strip() for ln in lines)
+    return None
+
+
+def _is_boundary(cell, question: str, prompts: set[str]) -> bool:
+    text = _source(cell).strip()
+    if cell.get("cell_type") == "markdown" and text.startswith("#"):
+        return True
+    tag = _tag_question(cell)
+    return (tag is not None and tag != question) or text in prompts
+
+
+def _find_prompt(cells, prompt: str) -> int | None:
+    if not prompt:
+        return None
+    first = prompt.splitlines()[0].strip()
+    for i, cell in enumerate(cells):
+        if cell.get("cell_type") == "markdown" and first and first in _source(cell):
+            return i
+    return None
+
+
+def _region_texts(cells, start: int, question: str, known, prompts: set[str]) -> list[str]:
+    found = []
+    for i in range(start + 1, len(cells)):
+        cell = cells[i]
+        if _is_boundary(cell, question, prompts):
+            break
+        text = _source(cell).strip()
+        if text in known or _is_blank(text) or _tag_question(cell) == question:
+            continue
+        kind = cell.get("cell_type")
+        if kind == "code":
+            comment = _comment_text(text)
+            if comment:
+                found.append(f"[found in cell {i + 1}, a code cell of comments] {comment}")
+        elif kind in ("markdown", "raw"):
+            found.append(f"[found in cell {i + 1}, a {kind} cell after the prompt] {text}")
+    return found
+
+
+def free_text_answers(nb, template: Path | None = None) -> tuple[tuple[str, str], ...]:
+    """(question, text) for every free-text question, with a ``[MISSING]`` text if none.
+
+    ``template`` is the student notebook as handed out; without it, the questions are those
+    whose tagged cells the submission still holds.
+    """
+    cells = [c for c in nb.cells if isinstance(c, dict)]
+    known: frozenset[str] = frozenset()
+    questions: list[_Question] = []
+    if template is not None and Path(template).is_file():
+        try:
+            tq, known = _template(str(template), Path(template).stat().st_mtime)
+            questions = list(tq)
+        except (OSError, ValueError):
+            questions = []
+    seen = {q.id for q in questions}
+    for q in _questions(cells):  # a question the template lacks (or no template at all)
+        if q.id not in seen:
+            questions.append(q)
+            seen.add(q.id)
+    prompts = {q.prompt for q in questions if q.prompt}
+    answers = []
+    for q in questions:
+        texts = [
+            _source(c).strip()
+            for c in cells
+            if _tag_question(c) == q.id and not _is_blank(_source(c))
+        ]
+        start = _find_prompt(cells, q.prompt)
+        if start is not None:
+            own = _source(cells[start]).strip()
+            extra = own.replace(q.prompt, "", 1).strip() if q.prompt in own else ""
+            if extra and own not in known:
+                texts.append(f"[found in cell {start + 1}, typed into the prompt] {extra}")
+            texts += _region_texts(cells, start, q.id, known, prompts)
+        if not texts:
+            where = " near the question's prompt" if start is not None else " (the prompt is gone)"
+            texts = [MISSING + where]
+        answers.append((q.id, "\n\n".join(texts)))
+    return tuple(answers)
