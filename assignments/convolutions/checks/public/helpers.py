@@ -97,7 +97,12 @@ def _describe(value) -> str:
 
 
 def first_line(text: str, limit: int = 160) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    """The first informative line of an error message (Keras' wrapper line skipped)."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = lines[1:]
+    # TensorFlow prefixes op errors with the op's internal name: not for students.
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[0]) if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -426,11 +431,17 @@ def growth_problem(student, X, Y, lr: float, losses: np.ndarray, kernel_size) ->
             "diverges. The direction is right; the step is larger than lr * gradient (is the "
             "gradient scaled up, or a learning rate of your own used?)."
         )
-    fast_ratio = losses[1] / max(losses[0], 1e-12)
-    slow_ratio = slow[1] / max(slow[0], 1e-12)
-    if np.isclose(fast_ratio, slow_ratio, rtol=0.05):
+    # Going uphill at lr / 100, each step multiplies the loss by at most (1 + small * c) ** 2
+    # (c: the largest curvature); growing faster than that, the run did not use lr / 100.
+    curvature = np.linalg.eigvalsh(
+        2
+        * windows(np.asarray(X, np.float64), kernel_size).T
+        @ windows(np.asarray(X, np.float64), kernel_size)
+    ).max()
+    bound = (1 + small * curvature) ** (2 * (slow.size - 1)) * 1.01
+    if slow[-1] > bound * slow[0]:
         return (
-            f"{start}, and just as fast at lr={small:g}: learn_kernel does not use its lr "
+            f"{start}, and about as fast at lr={small:g}: learn_kernel does not use its lr "
             "argument. Take each step with the lr passed in."
         )
     return (
