@@ -333,3 +333,19 @@ def test_without_a_template_the_tagged_cells_still_name_the_questions():
     )
     [(question, text)] = free_text_answers(nbformat.from_dict(nb))
     assert question == "why" and text.endswith("Because it slides.")
+
+
+def test_the_gradescope_autograder_carries_the_secret(tmp_path):
+    """Each Gradescope run starts from the zip: without the secret in it, every re-run
+    would make a new one and draw other hidden inputs."""
+    import zipfile
+
+    from grader.gradescope import build_autograder
+
+    asg = tmp_path / "mini"
+    shutil.copytree(
+        ROOT / "tests" / "fixtures" / "mini", asg, ignore=shutil.ignore_patterns("secret")
+    )
+    with zipfile.ZipFile(build_autograder(asg, tmp_path / "ag.zip")) as zf:
+        carried = zf.read("assignment/secret").strip()
+    assert carried == seeding.assignment_secret(asg)

@@ -207,10 +207,10 @@ class Server:
         return {"ok": True}
 
     def op_seed(self, req):
-        """Before a check's calls: seed every generator from the check's own seed."""
+        """Before a check's calls: reseed from the check's own seed."""
         from . import seeding
 
-        seeding.seed_everything(int(req["seed"]))
+        seeding.seed_for_check(int(req["seed"]))
         return {"ok": True}
 
     def op_release(self, req):
