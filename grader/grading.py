@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .answers import free_text_answers
-from .assignment import Assignment
+from .assignment import Assignment, Hint
 from .errors import SubmissionProblem
 from .imports import environment_problems
 from .launcher import Launcher
@@ -95,12 +95,15 @@ def _question_totals(assignment: Assignment, tests: list[CheckResult]):
 MAX_CELL_ERRORS = 50  # listed for the student; a notebook of 20,000 failing cells says so once
 
 
-def _cell_errors(session: NotebookSession) -> list[str]:
+def _cell_errors(session: NotebookSession, hints: tuple[Hint, ...] = ()) -> list[str]:
     errors = []
     for rec in session.records:
         label = f"cell {rec.index + 1}"
         if rec.status == "error":
-            errors.append(f"{label} raised {rec.ename}: {rec.evalue}")
+            known = [h.says for h in hints if h.applies(rec.ename, rec.evalue)]
+            # The plain sentence first; the raw error after it, for those who want it.
+            lead = f"{label}: {known[0]} It raised" if known else f"{label} raised"
+            errors.append(f"{lead} {rec.ename}: {rec.evalue}")
         elif rec.status == "timeout":
             errors.append(f"{label} was stopped: it {rec.evalue}")
         elif rec.status == "killed":
@@ -175,7 +178,9 @@ def finish(
         if not tests:
             raise _Bug("no check results: " + details[-3000:])
         cells = ((c.index, c.source) for c in prep.notebook.code_cells)
-        errors = environment_problems(cells, assignment.packages) + _cell_errors(session)
+        errors = environment_problems(cells, assignment.packages) + _cell_errors(
+            session, assignment.hints
+        )
         if session.gave_up:
             errors.append(f"grading stopped early: {session.gave_up}")
         execution = Execution(

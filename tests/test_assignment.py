@@ -484,3 +484,46 @@ def test_examples_score_as_expected(graded):
     expected = tomllib.loads((ASSIGNMENT / "examples" / "expected.toml").read_text())
     got = {stem: graded[stem].score for stem in expected}
     assert got == expected
+
+
+@pytest.mark.slow
+def test_the_chapters_keras3_watch_error_gets_a_plain_sentence_first(graded):
+    """Issue 16: the Keras 3 `tape.watch` failure in 'Problems' is explained, not bare."""
+    errors = graded["mistake_11_chapter_code_pasted"].errors
+    (line,) = [e for e in errors if "not tf.Tensor or tf.Variable" in e]
+    assert re.match(r"cell \d+: On Keras 3, tape\.watch\(\) refuses a layer's weight", line)
+    assert line.index("tape.watch()") < line.index("It raised ValueError")
+
+
+def test_a_hint_needs_its_exception_name_and_pattern():
+    from grader.assignment import Hint
+    from grader.grading import _cell_errors
+    from grader.results import CellRecord
+
+    class Session:
+        records = [
+            CellRecord(0, "error", 0.1, "ValueError", "object of type 'Variable', not tf.Tensor"),
+            CellRecord(1, "error", 0.1, "TypeError", "object of type 'Variable', not tf.Tensor"),
+        ]
+        shell_commands: list = []
+        output_note = ""
+
+    hint = Hint(matches=r"type 'Variable'", says="Say this first.", error="ValueError")
+    assert _cell_errors(Session(), (hint,)) == [
+        "cell 1: Say this first. It raised ValueError: object of type 'Variable', not tf.Tensor",
+        "cell 2 raised TypeError: object of type 'Variable', not tf.Tensor",
+    ]
+
+
+def test_a_malformed_hint_is_a_staff_error(tmp_path, mini_assignment):
+    import shutil
+
+    from grader.assignment import load
+    from grader.errors import StaffError
+
+    folder = tmp_path / "a"
+    shutil.copytree(mini_assignment, folder)
+    toml = folder / "assignment.toml"
+    toml.write_text(toml.read_text() + '\n[[hints]]\nmatches = "(unclosed"\nsays = "x"\n')
+    with pytest.raises(StaffError, match=r"hint 1 in .*: matches is not a regular expression"):
+        load(folder)
