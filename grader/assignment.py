@@ -81,8 +81,12 @@ class Assignment:
 
 
 def bundled_dir() -> Path:
-    """Where the bundled assignments are: package data of an install (wheel or editable),
-    else the ``assignments/`` folder of the source checkout this code runs from."""
+    """Where the bundled assignments are: the ``assignments/`` folder of the source checkout
+    this code runs from (its code and its assignments belong together), else the package
+    data of an install (a wheel)."""
+    checkout = Path(__file__).resolve().parent.parent / "assignments"
+    if checkout.is_dir():
+        return checkout
     try:
         spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     except (ImportError, ValueError):
@@ -91,7 +95,7 @@ def bundled_dir() -> Path:
         for location in spec.submodule_search_locations:
             if Path(location).is_dir():
                 return Path(location).resolve()
-    return Path(__file__).resolve().parent.parent / "assignments"
+    return checkout
 
 
 def bundled_names() -> list[str]:

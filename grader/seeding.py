@@ -115,7 +115,14 @@ def assignment_secret(root: Path) -> bytes:
 
 
 def _read(path: Path) -> bytes:
-    text = path.read_text(encoding="utf-8").strip()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StaffError(
+            f"cannot read the assignment's secret {path} ({exc}). It belongs to whoever "
+            "grades this assignment: read it as that user, or give this user a copy of the "
+            "assignment folder."
+        ) from None
     if len(text) < 32:
         raise StaffError(
             f"{path} holds a secret of {len(text)} characters; use at least 32 (e.g. "

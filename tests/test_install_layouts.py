@@ -147,9 +147,6 @@ def _check_graded(out: Path, proc: subprocess.CompletedProcess, secret: Path) ->
     assert rows["hostile"]["score"] == "0", rows["hostile"]
     result = json.loads((out / "hostile" / "result.json").read_text())
     assert result["execution"]["isolation"].startswith("sandboxed (bubblewrap, user namespaces)")
-    executed = (out / "hostile" / "executed.ipynb").read_text()
-    last = _stdout_lines(out / "hostile" / "executed.ipynb")[-4:]
-    assert "No module named 'reference'" in executed, last
     (seen_line,) = [
         line for line in _stdout_lines(out / "hostile" / "executed.ipynb") if "SEEN " in line
     ]
