@@ -294,6 +294,14 @@ def run_grade_command(args, address: str, out_stream, err_stream) -> int:
     from .submissions import collect
 
     started = time.monotonic()
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise StaffError(
+            f"--cluster {address} needs Dask distributed, which is not installed: "
+            "pip install 'convgrade[cluster]' (or dask[distributed]), on this machine and on "
+            "every cluster machine."
+        ) from None
     asg = assignment_mod.load(args.assignment)
     timeouts, memory = options_mod.grading_limits(asg.limits, **vars(args))
     out = Path(args.out)
