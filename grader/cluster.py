@@ -193,9 +193,10 @@ def grade_on_cluster(
                 )
                 by_key[future.key] = (future, sub)
             for future in as_completed([f for f, _ in by_key.values()], loop=client.loop):
-                sub = by_key[future.key][1]
+                sub = by_key.pop(future.key)[1]
                 try:
                     data, executed_json = future.result()
+                    future.release()  # its result leaves the cluster's memory
                 except KilledWorker as exc:
                     emit(failed(sub, _killed_reason(exc)), None)
                     continue

@@ -254,3 +254,137 @@ def _listener():
     sock.bind(("127.0.0.1", 0))
     sock.listen(5)
     return sock
+
+
+class ExternalCluster:
+    """A scheduler and Dask workers started with Dask's own commands, as on real machines."""
+
+    def __init__(self, folder: Path, workers: int, env: dict | None = None) -> None:
+        self.file = folder / "scheduler.json"
+        self.file.unlink(missing_ok=True)
+        self.env = {**os.environ, **(env or {})}
+        self.scheduler = self._start(
+            "scheduler", "--scheduler-file", str(self.file), "--port", "0", "--no-dashboard"
+        )
+        deadline = time.monotonic() + 60
+        while not self.file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.address = json.loads(self.file.read_text())["address"]
+        self.workers = self._start(
+            "worker",
+            self.address,
+            *("--nworkers", str(workers), "--nthreads", "1", "--no-dashboard"),
+        )
+        from distributed import Client
+
+        with Client(self.address, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=60)
+
+    def _start(self, command: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", f"distributed.cli.dask_{command}", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: ended below, with its children
+        )
+
+    def close(self) -> None:
+        for proc in (self.workers, self.scheduler):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (self.workers, self.scheduler):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _slow_batch(folder: Path, mini: Path, n: int) -> Path:
+    """``n`` copies of the mini assignment's full-marks notebook that also sleep 1.5 s."""
+    folder.mkdir()
+    nb = nbformat.read(mini / "examples" / "good.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import time\ntime.sleep(1.5)"))
+    for i in range(n):
+        nbformat.write(nb, folder / f"slow{i:02d}.ipynb")
+    return folder
+
+
+def _wait_for_results(out: Path, count: int, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while len(list(out.glob("*/result.json"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(out.glob("*/result.json"))) >= count, f"fewer than {count} results"
+
+
+def test_a_lost_scheduler_is_exit_1_and_a_rerun_reuses_what_was_graded(tmp_path, mini_assignment):
+    subs = _slow_batch(tmp_path / "subs", mini_assignment, 10)
+    out = tmp_path / "out"
+    args = ("-a", str(mini_assignment))
+    first = ExternalCluster(tmp_path, workers=1)
+    done: dict = {}
+    try:
+        cmd = (*args, "--cluster", first.address)
+        thread = threading.Thread(target=lambda: done.update(r=_grade([subs], out, *cmd)))
+        thread.start()
+        _wait_for_results(out, 1)
+        os.killpg(first.scheduler.pid, signal.SIGKILL)
+        thread.join(timeout=90)
+    finally:
+        first.close()
+    assert not thread.is_alive(), "the command did not end after the scheduler was lost"
+    code, _, err = done["r"]
+    assert code == 1
+    assert "lost the Dask scheduler" in err and "re-run the same command" in err
+    graded = sorted(p.parent.name for p in out.glob("*/result.json"))
+    assert 1 <= len(graded) < 10
+    assert not (out / "grades.csv").exists()  # a partial grades.csv is never written
+
+    second = ExternalCluster(tmp_path, workers=1)
+    try:
+        code, _, err = _grade([subs], out, *args, "--cluster", second.address)
+    finally:
+        second.close()
+    assert code == 0
+    reused = sorted(
+        line.split("] ")[1].split(":")[0] for line in err.splitlines() if "reused" in line
+    )
+    assert reused == graded
+    assert [r["score"] for r in _rows(out)] == ["5"] * 10
+
+
+def test_a_submission_that_keeps_killing_workers_is_a_grader_error(tmp_path, mini_assignment):
+    subs = _slow_batch(tmp_path / "subs", mini_assignment, 4)
+    out = tmp_path / "out"
+    # No second chance: the first worker lost while grading a submission ends it.
+    env = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    cluster = ExternalCluster(tmp_path, workers=1, env=env)
+    done: dict = {}
+    try:
+        from distributed import Client
+
+        cmd = ("-a", str(mini_assignment), "--cluster", cluster.address)
+        thread = threading.Thread(target=lambda: done.update(r=_grade([subs], out, *cmd)))
+        thread.start()
+        _wait_for_results(out, 1)
+        with Client(cluster.address, set_as_default=False) as client:
+            (pid,) = client.run(os.getpid).values()
+        os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=120)
+    finally:
+        cluster.close()
+    assert not thread.is_alive()
+    code, stdout, _ = done["r"]
+    assert code == 1  # grader_error is "not graded"
+    rows = {r["submission"]: r for r in _rows(out)}
+    assert sorted(rows) == [f"slow{i:02d}" for i in range(4)]
+    killed = [r for r in rows.values() if r["status"] == "grader_error"]
+    assert killed, rows
+    assert all(
+        r["status"] == "graded" and r["score"] == "5" for r in rows.values() if r not in killed
+    )
+    for row in killed:
+        record = json.loads((out / row["submission"] / "result.json").read_text())
+        assert "killed a Dask worker every time" in record["staff_details"]
+        assert "course staff can see why" in record["errors"][0]
