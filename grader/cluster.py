@@ -94,20 +94,24 @@ def pack_assignment(assignment: Assignment) -> bytes:
 
 
 def _task(sub: Submission, max_mib: int):
+    """The plain-data task for ``sub``: its notebook's bytes, or the problem found here."""
     from .cluster_worker import Task
+    from .errors import SubmissionProblem
     from .notebook import load_submission
 
-    problem = sub.problem
-    data = None
+    problem, data = sub.problem, None
     if problem is None and sub.path is not None:
         try:
-            if sub.path.stat().st_size > max_mib * 2**20:
-                load_submission(sub.path, max_mib)  # says why, in the local words
-            data = sub.path.read_bytes()
+            if sub.path.stat().st_size <= max_mib * 2**20:
+                data = sub.path.read_bytes()
         except OSError:
-            data = None  # the worker reports it as local grading would (an unreadable file)
-        except Exception as exc:  # the size check's SubmissionProblem
-            problem = exc
+            pass
+        if data is None:  # too large or unreadable: the same problem, in the same words
+            try:
+                load_submission(sub.path, max_mib)
+                data = sub.path.read_bytes()  # it became readable in the meantime
+            except SubmissionProblem as exc:
+                problem = exc
     as_tuple = (problem.status, problem.message) if problem is not None else None
     filename = sub.path.name if sub.path is not None else f"{sub.id}.ipynb"
     return Task(sub.id, sub.origin, filename, data, as_tuple)
