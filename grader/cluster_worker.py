@@ -16,6 +16,7 @@ Dask's task threads only run notebooks (in the sandbox) and wait for their check
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -24,6 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +37,12 @@ from .errors import SubmissionProblem
 # A pytest session redirects this process's stdout/stderr while it lives: it ends after this
 # many idle seconds or submissions, so a long-lived Dask worker's logs come back and the
 # captured output stays bounded. The next submission starts a new one (about a second).
-SESSION_IDLE_SECONDS = 30.0
+SESSION_IDLE_S = 30.0
 SESSION_MAX_SUBMISSIONS = 500
 # Sandboxed workers alive at once per Dask worker get slots (unprivileged uids) from a block of
 # this size; Dask workers on one machine claim different blocks (see _claim_slot_block).
 SLOTS_PER_BLOCK = 16
-FIRST_BLOCK_SLOT = 100  # local grading uses the slots below
+FIRST_BLOCK_SLOT = 1000  # above local grading's slots (4 per --jobs process)
 MAX_BLOCKS = 64
 
 
@@ -156,38 +158,43 @@ class GradingWorkerPlugin(WorkerPlugin):
         return result.to_dict(), (nbformat.writes(executed) if executed is not None else None)
 
     def _check_loop(self) -> None:
-        """The only thread that runs pytest: one BatchPlugin session at a time."""
+        """This plugin's checks: one BatchPlugin pytest session at a time, in this thread."""
         from .plugin import BatchPlugin, check_dirs, run_pytest
 
         while (first := self.requests.get()) is not None:
             pending = [first]
 
             def serve(run_items, pending: list = pending) -> None:
-                served = 0
+                served, idle_since = 0, time.monotonic()
                 while pending or served < SESSION_MAX_SUBMISSIONS:
                     if pending:
                         item = pending.pop()
                     else:
                         try:
-                            item = self.requests.get(timeout=SESSION_IDLE_SECONDS)
+                            item = self.requests.get(timeout=0.2)
                         except queue.Empty:
-                            return
+                            # Another plugin (a second assignment) waits for pytest, or
+                            # nothing came for a while: end this session.
+                            if _pytest_waiting() or time.monotonic() - idle_since > SESSION_IDLE_S:
+                                return
+                            continue
                         if item is None:  # teardown: stop after this session
                             self.requests.put(None)
                             return
                     self._answer(item, run_items)
-                    served += 1
+                    served, idle_since = served + 1, time.monotonic()
 
             plugin = BatchPlugin(self.assignment, serve)
-            try:
-                run_pytest(plugin, check_dirs(self.assignment, self.options.include_hidden))
-            except BaseException as exc:  # keep the thread: answer what waits with the cause
+            with _pytest_turn():
+                try:
+                    run_pytest(plugin, check_dirs(self.assignment, self.options.include_hidden))
+                except BaseException as exc:  # keep the thread: answer what waits with why
+                    for item in pending:
+                        item[1].put(exc)
+                    continue
+                # pytest failed before its run loop: grade the waiting one on its own.
                 for item in pending:
-                    item[1].put(exc)
-                continue
-            # pytest failed before its run loop: grade the waiting one with a pytest of its own.
-            for item in pending:
-                self._answer(item, None)
+                    self._answer(item, None)
 
     def _answer(self, item, run_checks) -> None:
         prep, reply = item
@@ -195,6 +202,33 @@ class GradingWorkerPlugin(WorkerPlugin):
             reply.put(self._finish(prep, run_checks))
         except BaseException as exc:
             reply.put(exc)
+
+
+# pytest is not thread-safe, and one Dask worker may hold plugins of several assignments
+# (two courses grading at once): only one pytest session runs per process at a time.
+_PYTEST = threading.Lock()
+_WAITING = [0]  # checker threads waiting for _PYTEST
+_WAITING_LOCK = threading.Lock()
+
+
+def _pytest_waiting() -> bool:
+    with _WAITING_LOCK:
+        return _WAITING[0] > 0
+
+
+@contextlib.contextmanager
+def _pytest_turn():
+    with _WAITING_LOCK:
+        _WAITING[0] += 1
+    try:
+        _PYTEST.acquire()
+    finally:
+        with _WAITING_LOCK:
+            _WAITING[0] -= 1
+    try:
+        yield
+    finally:
+        _PYTEST.release()
 
 
 def _claim_slot_block() -> tuple[int, int]:
