@@ -200,12 +200,23 @@ def compare_cluster(tmp: Path, n: int, repeats: int) -> None:
             t, _, _ = run_convgrade([*grade, "--cluster", cluster.scheduler_address])
             remote.append(t)
             print(f"run {r + 1}: convgrade --cluster (2 Dask workers x 1 thread) {t:.1f} s")
+        # Memory, from one more untimed run of each: for the cluster, this process's whole
+        # tree (the scheduler in here, the Dask workers, their zygotes and sandboxed workers,
+        # and the convgrade client).
+        _, local_pss, _ = run_convgrade([*grade, "--jobs", "2"], sample_memory=True)
+        tree = PeakMemory(os.getpid())
+        run_convgrade([*grade, "--cluster", cluster.scheduler_address])
+        tree.stop()
     ml, mr = statistics.median(local), statistics.median(remote)
     print()
     print(f"submissions: {n}; repeats: {repeats}")
     print(f"local --jobs 2: median {ml:.1f} s  {[f'{x:.1f}' for x in local]}")
     print(f"--cluster, 2-worker LocalCluster: median {mr:.1f} s  {[f'{x:.1f}' for x in remote]}")
     print(f"ratio cluster / local: {mr / ml:.2f} (goal: <= 1.30)")
+    print(
+        f"peak PSS (untimed runs): local {_fmt_mib(local_pss)}; cluster, scheduler and "
+        f"client included {_fmt_mib(tree.peak_pss)} (RSS sum {_fmt_mib(tree.peak_rss)})"
+    )
 
 
 def main() -> None:
