@@ -233,17 +233,23 @@ def test_a_bad_resources_table_is_a_staff_error(tmp_path, mini_assignment):
         worker_resources(load(assignment))
 
 
-def test_no_scheduler_at_the_address_is_exit_2_with_the_fix(tmp_path, mini_assignment, monkeypatch):
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_no_scheduler_at_the_address_is_exit_2_with_the_fix(
+    tmp_path, mini_assignment, monkeypatch, how
+):
     import grader.cluster
 
     monkeypatch.setattr(grader.cluster, "CONNECT_TIMEOUT_S", 2)
     sub = tmp_path / "good.ipynb"
     shutil.copy(mini_assignment / "examples" / "good.ipynb", sub)
-    code, _, err = _grade(
-        [sub], tmp_path / "out", "-a", str(mini_assignment), "--cluster", "tcp://127.0.0.1:9"
-    )
+    extra = ["--cluster", "tcp://127.0.0.1:9"]
+    if how == "environment":  # no flag: $DASK_SCHEDULER_ADDRESS says where
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", extra.pop())
+        extra.pop()
+    code, _, err = _grade([sub], tmp_path / "out", "-a", str(mini_assignment), *extra)
     assert code == 2
     assert "no Dask scheduler answered at tcp://127.0.0.1:9" in err
+    assert not (tmp_path / "out").exists()
 
 
 def _listener():
