@@ -183,7 +183,7 @@ def grade_on_cluster(
                 memory_mib,
                 sandbox,
             )
-            _register(client, plugin, name, address)
+            _register(client, plugin, name, address, resources)
             by_key = {}
             for sub in todo:
                 future = client.submit(
@@ -210,12 +210,20 @@ def grade_on_cluster(
                         raise SchedulerLost(lost) from None
                     emit(failed(sub, f"the Dask task failed: {type(exc).__name__}: {exc}"), None)
                     continue
-                result = SubmissionResult.from_dict(data)
+                try:
+                    result = SubmissionResult.from_dict(data)
+                    executed = _notebook(executed_json)
+                    if result.submission != sub.id:
+                        raise ValueError(f"a result for {result.submission!r}")
+                except Exception as exc:  # our own worker code, so a bug: say so, go on
+                    why = f"the Dask worker sent back a malformed result: {exc!r}"[:2000]
+                    emit(failed(sub, why), None)
+                    continue
                 if not isolation:
                     isolation = result.execution.isolation
                     if on_isolation:
                         on_isolation(isolation)
-                emit(result, _notebook(executed_json))
+                emit(result, executed)
         finally:
             _close(client, name)
     ordered = [results[s.id] for s in subs]
@@ -259,22 +267,36 @@ def _connect(address: str):
         ) from None
 
 
-def _register(client, plugin, name: str, address: str) -> None:
-    if not client.scheduler_info().get("workers"):
-        # Tasks would wait for a worker forever; say so instead.
-        try:
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
-        except TimeoutError:
+def _register(client, plugin, name: str, address: str, resources: dict[str, float]) -> None:
+    """Install the grading plugin on every Dask worker, once one that fits is there.
+
+    Tasks would wait forever for a worker that never comes: after CONNECT_TIMEOUT_S without
+    one that has ``resources``, say so instead.
+    """
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while not client.run_on_scheduler(_count_fitting, need=resources):
+        if time.monotonic() > deadline:
+            flag = " --resources " + ",".join(f"{k}={v:g}" for k, v in resources.items())
+            what = f"no worker with {resources}" if resources else "no workers"
             raise StaffError(
-                f"the Dask scheduler at {address} has no workers; start some with "
-                f"`dask worker {address} --nthreads 1`."
-            ) from None
+                f"the Dask scheduler at {address} has {what}; start one with "
+                f"`dask worker {address} --nthreads 1{flag if resources else ''}`."
+            )
+        time.sleep(0.5)
     try:
         client.register_plugin(plugin, name=name)
     except Exception as exc:
         raise StaffError(
             f"the Dask workers could not set up grading: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _count_fitting(dask_scheduler, need: dict[str, float]) -> int:
+    """Runs on the scheduler: how many workers have at least ``need`` of every resource."""
+    return sum(
+        all(ws.resources.get(k, 0) >= v for k, v in need.items())
+        for ws in dask_scheduler.workers.values()
+    )
 
 
 def _close(client, name: str) -> None:

@@ -220,6 +220,27 @@ def test_tasks_go_only_to_workers_with_the_resources_asked_for(cluster, tmp_path
     assert set(ran.values()) == {0}, ran
 
 
+def test_resources_no_worker_has_are_exit_2_not_a_wait_forever(
+    cluster, tmp_path, mini_assignment, monkeypatch
+):
+    import grader.cluster
+
+    monkeypatch.setattr(grader.cluster, "CONNECT_TIMEOUT_S", 2)
+    lc, _ = cluster
+    assignment = tmp_path / "mini"
+    shutil.copytree(mini_assignment, assignment)
+    toml = assignment / "assignment.toml"
+    toml.write_text(toml.read_text() + "resources = {TPU = 1}\n")  # under [worker], last
+    sub = tmp_path / "good.ipynb"
+    shutil.copy(mini_assignment / "examples" / "good.ipynb", sub)
+    code, _, err = _grade(
+        [sub], tmp_path / "out", "-a", str(assignment), "--cluster", lc.scheduler_address
+    )
+    assert code == 2
+    assert "has no worker with {'TPU': 1.0}" in err
+    assert "--resources TPU=1" in err
+
+
 def test_a_bad_resources_table_is_a_staff_error(tmp_path, mini_assignment):
     from grader.assignment import load
     from grader.cluster import worker_resources
