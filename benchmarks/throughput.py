@@ -178,7 +178,7 @@ def _fmt_mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def compare_cluster(tmp: Path, n: int, repeats: int) -> None:
+def compare_cluster(tmp: Path, n: int, repeats: int, threads: int = 1) -> None:
     """Local ``--jobs 2`` against ``--cluster`` on a 2-worker LocalCluster, alternating.
 
     The cluster is started here, outside convgrade, once (as a course would keep one
@@ -191,7 +191,7 @@ def compare_cluster(tmp: Path, n: int, repeats: int) -> None:
     grade = ["grade", str(tmp / "batch"), "--out", str(tmp / "out"), "--force", "-q"]
     local, remote = [], []
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        n_workers=2, threads_per_worker=threads, processes=True, dashboard_address=":0"
     ) as cluster:
         for r in range(repeats):
             t, _, _ = run_convgrade([*grade, "--jobs", "2"])
@@ -199,7 +199,7 @@ def compare_cluster(tmp: Path, n: int, repeats: int) -> None:
             print(f"run {r + 1}: convgrade --jobs 2 {t:.1f} s", flush=True)
             t, _, _ = run_convgrade([*grade, "--cluster", cluster.scheduler_address])
             remote.append(t)
-            print(f"run {r + 1}: convgrade --cluster (2 Dask workers x 1 thread) {t:.1f} s")
+            print(f"run {r + 1}: convgrade --cluster (2 Dask workers x {threads} thread) {t:.1f} s")
         # Memory, from one more untimed run of each: for the cluster, this process's whole
         # tree (the scheduler in here, the Dask workers, their zygotes and sandboxed workers,
         # and the convgrade client).
@@ -211,7 +211,10 @@ def compare_cluster(tmp: Path, n: int, repeats: int) -> None:
     print()
     print(f"submissions: {n}; repeats: {repeats}")
     print(f"local --jobs 2: median {ml:.1f} s  {[f'{x:.1f}' for x in local]}")
-    print(f"--cluster, 2-worker LocalCluster: median {mr:.1f} s  {[f'{x:.1f}' for x in remote]}")
+    print(
+        f"--cluster, 2-worker LocalCluster, {threads} thread(s) each: median {mr:.1f} s  "
+        f"{[f'{x:.1f}' for x in remote]}"
+    )
     print(f"ratio cluster / local: {mr / ml:.2f} (goal: <= 1.30)")
     print(
         f"peak PSS (untimed runs): local {_fmt_mib(local_pss)}; cluster, scheduler and "
@@ -240,11 +243,17 @@ def main() -> None:
         action="store_true",
         help="compare --cluster on a 2-worker Dask LocalCluster with local --jobs 2",
     )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="with --cluster: Dask threads per worker (notebooks run in parallel, checks not)",
+    )
     opts = parser.parse_args()
     if opts.cluster:
         with tempfile.TemporaryDirectory(prefix="convgrade-bench-") as tmp:
             print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-            compare_cluster(Path(tmp), opts.n, opts.repeats)
+            compare_cluster(Path(tmp), opts.n, opts.repeats, opts.threads_per_worker)
         return
     if not opts.no_baseline and shutil.which("jupyter") is None:
         sys.exit(
