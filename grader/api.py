@@ -49,7 +49,7 @@ def grade_notebook(
         memory_mib=memory_mib,
     )
     checks = collect_checks(asg, include_hidden)
-    opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden)
+    opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden, packages=asg.packages)
     own = launcher is None
     if own:
         launcher = Launcher(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,22 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """``[[hints]]`` in assignment.toml: when a cell raises ``error`` (an exception name, or
+    any when empty) with text that matches the regular expression ``matches``, feedback puts
+    the sentence ``says`` before the raw error."""
+
+    matches: str
+    says: str
+    error: str = ""
+
+    def applies(self, ename: str, evalue: str) -> bool:
+        if self.error and ename != self.error:
+            return False
+        return re.search(self.matches, evalue) is not None
+
+
+@dataclass(frozen=True)
 class Assignment:
     name: str
     root: Path
@@ -37,6 +54,11 @@ class Assignment:
     source: Path
     preload: tuple[str, ...]
     student: Path
+    # [environment] packages: the top-level packages notebooks may import besides the
+    # standard library; None (not declared): whatever the grading environment has.
+    packages: tuple[str, ...] | None = None
+    # [[hints]]: a plain sentence for a cell error staff know well (see :class:`Hint`).
+    hints: tuple[Hint, ...] = ()
 
     @property
     def public_dir(self) -> Path:
@@ -147,6 +169,7 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
         raise StaffError(
             f"[worker] preload must be a list of module names {where}. Received: {preload!r}"
         )
+    packages = _packages(data.get("environment", {}), where)
     public = root / "checks" / "public"
     hidden = root / "checks" / "hidden"
     if not public.is_dir() and not hidden.is_dir():
@@ -160,4 +183,51 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
         source=root / str(meta.get("source", "source.ipynb")),
         student=root / str(meta.get("student", "student.ipynb")),
         preload=tuple(preload),
+        packages=packages,
+        hints=_hints(data.get("hints", []), where),
     )
+
+
+def _hints(raw, where: str) -> tuple[Hint, ...]:
+    if not isinstance(raw, list):
+        raise StaffError(f"[[hints]] must be an array of tables {where}")
+    hints = []
+    for n, item in enumerate(raw, 1):
+        if not isinstance(item, dict) or set(item) - {"error", "matches", "says"}:
+            raise StaffError(
+                f"hint {n} {where} must be a table with keys matches, says and optionally "
+                f"error. Received: {item!r}"
+            )
+        matches, says = item.get("matches"), item.get("says")
+        if not isinstance(matches, str) or not isinstance(says, str) or not says.strip():
+            raise StaffError(f"hint {n} {where} needs text in both matches and says")
+        try:
+            re.compile(matches)
+        except re.error as exc:
+            raise StaffError(
+                f"hint {n} {where}: matches is not a regular expression ({exc})"
+            ) from None
+        hints.append(Hint(matches, says.strip(), str(item.get("error", ""))))
+    return tuple(hints)
+
+
+def _packages(environment, where: str) -> tuple[str, ...] | None:
+    """``[environment] packages``: top-level import names (``sklearn``, not ``scikit-learn``)."""
+    if not isinstance(environment, dict):
+        raise StaffError(f"[environment] must be a table {where}")
+    unknown = set(environment) - {"packages"}
+    if unknown:
+        raise StaffError(
+            f"unknown key(s) {sorted(unknown)} in [environment] {where}; known: packages"
+        )
+    if "packages" not in environment:
+        return None
+    packages = environment["packages"]
+    if not isinstance(packages, list) or not all(
+        isinstance(p, str) and p.isidentifier() for p in packages
+    ):
+        raise StaffError(
+            f"[environment] packages must be a list of top-level import names such as "
+            f'["numpy", "tensorflow"] {where}. Received: {packages!r}'
+        )
+    return tuple(packages)

@@ -13,13 +13,22 @@ import hashlib
 import multiprocessing
 import queue
 import threading
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__, writers
 from .assignment import Assignment
-from .grading import GradeOptions, Prepared, executed_notebook, fingerprint, finish, prepare
+from .grading import (
+    GradeOptions,
+    Prepared,
+    executed_notebook,
+    fingerprint,
+    finish,
+    grader_error,
+    prepare,
+)
 from .launcher import Launcher
 from .plugin import BatchPlugin, CheckInfo, check_dirs, run_pytest
 from .results import SubmissionResult
@@ -79,6 +88,12 @@ def grade_batch(
             0,
             emit,
         )
+    isolation = launcher.isolation.describe()
+    for sub in subs:  # a row for every submission, whatever happened on the way
+        if sub.id not in results:
+            detail = "the batch ended without a result for this submission"
+            failed = grader_error(sub, assignment, checks, isolation, detail)
+            results[sub.id] = _written(out, failed, None, assignment, checks)
     ordered = [results[s.id] for s in subs]
     if out is not None:
         writers.write_summary(out, ordered, assignment.question_ids())
@@ -120,10 +135,7 @@ def _grade_here(next_sub, assignment, checks, launcher, options, out, threads_n,
     def handle(prep: Prepared, slot: int, run_checks) -> None:
         nonlocal handled
         try:
-            result = finish(prep, assignment, checks, options, isolation, run_checks)
-            result = _with_fingerprint(result, _fp(prep.submission, assignment, options))
-            if out is not None:
-                writers.write_submission(out, result, executed_notebook(prep), assignment.title)
+            result = _guarded(prep, assignment, checks, options, isolation, out, run_checks)
         finally:
             slots.put(slot)
         handled += 1
@@ -237,10 +249,61 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     for sub in todo:
         if sub.id not in seen:  # its grading process died: say so rather than lose it
             prep = Prepared(sub, bug="the grading process for this submission died")
-            result = finish(prep, assignment, checks, options, isolation)
-            if out is not None:
-                writers.write_submission(out, result, None, assignment.title)
-            emit(result)
+            emit(_guarded(prep, assignment, checks, options, isolation, out, None))
+
+
+def _guarded(prep: Prepared, assignment, checks, options, isolation, out, run_checks):
+    """Everything the trusted side does for one submission, under one guard: its checks,
+    its fingerprint, executed.ipynb and its files. Whatever the notebook did, the
+    submission gets a result, and ``grader_error`` (reason for staff only) if our side
+    failed on it."""
+    sub = prep.submission
+    try:
+        result = finish(prep, assignment, checks, options, isolation, run_checks)
+        result = _with_fingerprint(result, _fp(sub, assignment, options))
+    except Exception:
+        result = grader_error(sub, assignment, checks, isolation, traceback.format_exc())
+    executed = None
+    if out is not None:
+        try:
+            executed = executed_notebook(prep)
+        except Exception:
+            # The score stands without the staff's copy of the run notebook.
+            result = replace(
+                result,
+                staff_details=result.staff_details
+                + "\nexecuted.ipynb was not written:\n"
+                + traceback.format_exc(),
+            )
+    return _written(out, result, executed, assignment, checks)
+
+
+def _written(out, result: SubmissionResult, executed, assignment: Assignment, checks):
+    """Write a submission's files; if that fails, its row says so instead of vanishing."""
+    if out is None:
+        return result
+    try:
+        writers.write_submission(out, result, executed, assignment.title)
+        return result
+    except Exception:
+        detail = traceback.format_exc()
+    if executed is not None:  # the staff's copy is the likeliest to fail: try without it
+        result = replace(
+            result,
+            staff_details=result.staff_details + "\nexecuted.ipynb was not written:\n" + detail,
+        )
+        try:
+            writers.write_submission(out, result, None, assignment.title)
+            return result
+        except Exception:
+            detail = traceback.format_exc()
+    sub = Submission(result.submission, result.source, None)
+    failed = grader_error(sub, assignment, checks, result.execution.isolation, detail)
+    try:
+        writers.write_submission(out, failed, None, assignment.title)
+    except Exception:
+        pass  # grades.csv still lists it, as grader_error
+    return failed
 
 
 def _fp(sub: Submission, assignment: Assignment, options: GradeOptions) -> str:

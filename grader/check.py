@@ -16,6 +16,7 @@ from pathlib import Path
 from . import assignment as assignment_mod
 from .api import grade_notebook
 from .errors import StaffError
+from .imports import is_environment_line
 from .results import SubmissionResult
 
 
@@ -32,6 +33,8 @@ def find_assignment(notebook: Path, given: str | None) -> Path:
 
 def table(result: SubmissionResult) -> str:
     """The table students read: one row per public check, then the total."""
+    # Imports grading cannot satisfy come first: the student should read them before anything.
+    top = [f"{e}\n\n" for e in result.errors if is_environment_line(e)]
     rows = [("check", "question", "points", "result")]
     for t in result.tests:
         rows.append(
@@ -64,14 +67,15 @@ def table(result: SubmissionResult) -> str:
         "points). Hidden checks with other inputs run when your work is graded."
     )
     for err in result.errors:
-        lines.append(f"note: {err}")
+        if not is_environment_line(err):
+            lines.append(f"note: {err}")
     if not result.execution.isolation.startswith("sandboxed"):
         # A student's own notebook on their own machine: worth running without a sandbox.
         lines.append(
             "note: no sandbox on this machine, so your notebook ran with your rights, as in "
             "Jupyter (grading always sandboxes it)."
         )
-    return "\n".join(lines) + "\n"
+    return "".join(top) + "\n".join(lines) + "\n"
 
 
 def run_check(notebook: Path, assignment: str | None = None) -> SubmissionResult:

@@ -62,6 +62,8 @@ class Reporter:
 
 
 def _summary(results, out: Path, elapsed: float) -> str:
+    from .imports import is_environment_line
+
     graded = [r for r in results if r.graded]
     failed = [r for r in results if not r.graded]
     scores = [r.score for r in graded]
@@ -76,7 +78,10 @@ def _summary(results, out: Path, elapsed: float) -> str:
         ("results", str(out / "grades.csv")),
     ]
     width = max(len(k) for k, _ in rows)
-    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    # At the top: what grading could not import, per submission.
+    env = [f"{r.submission}: {e}" for r in results for e in r.errors if is_environment_line(e)]
+    lines = env[:20]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
     for r in failed:
         lines.append(f"  not graded: {r.submission} ({r.status}): {'; '.join(r.errors)[:200]}")
     return "\n".join(lines) + "\n"
@@ -130,7 +135,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
                 asg,
                 checks,
                 launcher,
-                GradeOptions(timeouts=timeouts),
+                GradeOptions(timeouts=timeouts, packages=asg.packages),
                 out,
                 jobs=args.jobs,
                 reuse=not args.force,

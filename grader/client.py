@@ -2,41 +2,51 @@
 
 The worker's PID lives in another PID namespace, so the grader holds a *pidfd* for it
 (received once, from the zygote, before student code starts) and
-signals through that. A request that misses its deadline is interrupted (SIGINT) and, if the
-worker does not answer within a grace period (student code can ignore SIGINT), killed.
+signals through that. Every request has one absolute deadline that covers sending it and
+receiving the whole reply frame: a worker that sends its reply one byte at a time cannot
+stretch it. A request that misses its deadline is interrupted (SIGINT) and, if the worker
+does not finish a reply within a grace period (student code can ignore SIGINT), killed.
 Killing the worker, PID 1 of its namespace, takes every process it started with it.
+
+Every reply is checked against its operation's schema (:mod:`grader.replies`) before anyone
+uses it; a reply that breaks it means student code forged it, and the worker is killed.
 """
 
 from __future__ import annotations
 
-import select
+import os
 import signal
 import socket
 import time
 
+from . import memlimit, replies
 from .errors import WorkerFailure
 from .worker import protocol
 
 GRACE_SECONDS = 2.0
+HELLO_SECONDS = 60.0
 
 
 class WorkerProcess:
-    def __init__(self, sock: socket.socket, on_close=None) -> None:
+    def __init__(self, sock: socket.socket, on_close=None, guard=None) -> None:
         self.sock = sock
         self.on_close = on_close
         self.channel = protocol.Channel(sock)
         self.alive = True
         self.notes: list[str] = []
         self.pidfd = None
+        self.guard = None  # memlimit: the worker's cgroup or watch
         try:
-            sock.settimeout(60)
+            sock.settimeout(HELLO_SECONDS)
             msg, fds, _, _ = socket.recv_fds(sock, 1, 1)
             if msg != b"P" or len(fds) != 1:
                 raise WorkerFailure("died", "the worker did not start")
             self.pidfd = fds[0]
-            hello = self._read(60)
-            self.notes = [str(n) for n in hello.get("notes", [])]
-        except (OSError, protocol.ProtocolError) as exc:
+            self.guard = memlimit.attach(guard, self.pidfd)  # before any student code
+            hello = self.channel.recv(time.monotonic() + HELLO_SECONDS)
+            self.notes = replies.hello(hello)
+            self.notes += memlimit.notes(self.guard)  # e.g. a cgroup that could not be made
+        except (OSError, protocol.ProtocolError, replies.BadReply) as exc:
             self.close()
             raise WorkerFailure("died", f"the worker did not start ({exc})") from None
 
@@ -54,39 +64,55 @@ class WorkerProcess:
         self.alive = False
 
     # -- requests --------------------------------------------------------------------
-    def _read(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        if not ready:
-            raise TimeoutError
-        # The first byte is here; the rest of a frame must follow promptly.
-        self.sock.settimeout(max(5.0, deadline - time.monotonic()))
+    def _send(self, message: dict, deadline: float) -> None:
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
-            return self.channel.recv()
+            self.channel.send(message)
         except TimeoutError:
-            raise protocol.ProtocolError("the worker stalled in the middle of a message") from None
+            # Part of the request may be in the socket: the stream cannot be trusted again.
+            self.kill()
+            raise WorkerFailure(
+                "timeout", "did not take the grader's request in time and was stopped"
+            ) from None
 
+    @memlimit.reports_memory_kills
     def request(self, message: dict, timeout: float) -> dict:
-        """Send one request and return the reply, or raise :class:`WorkerFailure`."""
+        """Send one request and return its checked reply, or raise :class:`WorkerFailure`.
+
+        ``timeout`` bounds the whole exchange: sending the request and receiving every byte
+        of the reply.
+        """
         if not self.alive:
             raise WorkerFailure("died", "the notebook's process is no longer running")
+        op = str(message.get("op"))
+        deadline = time.monotonic() + timeout
         try:
-            self.sock.settimeout(30)
-            self.channel.send(message)
-            return self._read(timeout)
+            self._send(message, deadline)
+            reply = self.channel.recv(deadline)
         except TimeoutError:
-            return self._interrupt(timeout)
+            reply = self._interrupt(timeout)
         except protocol.ChannelClosed:
             self.alive = False
             raise WorkerFailure("died", "the notebook's process exited or crashed") from None
         except (protocol.ProtocolError, OSError) as exc:
             self.kill()
             raise WorkerFailure("protocol", f"the worker sent an invalid reply: {exc}") from None
+        try:
+            return replies.check(op, reply)
+        except replies.BadReply as exc:
+            self.kill()
+            raise WorkerFailure(
+                "protocol",
+                f"the worker's reply to {op!r} broke the protocol ({exc}); its process was "
+                "stopped. Does the notebook change the grader's worker code?",
+            ) from None
 
     def _interrupt(self, timeout: float) -> dict:
+        """The deadline passed: SIGINT, then the rest of a reply within the grace period."""
         self.signal(signal.SIGINT)
         try:
-            self._read(GRACE_SECONDS)
+            # Resumes a frame that was cut off by the deadline, if there is one.
+            self.channel.recv(time.monotonic() + GRACE_SECONDS)
         except (TimeoutError, protocol.ProtocolError, OSError):
             self.kill()
             raise WorkerFailure(
@@ -102,11 +128,10 @@ class WorkerProcess:
             except (OSError, protocol.ProtocolError):
                 pass
         self.signal(signal.SIGKILL)
+        memlimit.release(self.guard)  # while the pidfd is still ours
         self.alive = False
         self.channel.close()
         if self.pidfd is not None:
-            import os
-
             os.close(self.pidfd)
             self.pidfd = None
         if self.on_close:

@@ -45,5 +45,5 @@ class WorkerFailure(Exception):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "timeout", "died", "protocol"
+        self.kind = kind  # "timeout", "interrupted", "died", "protocol", "memory"
         self.message = message

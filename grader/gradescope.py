@@ -42,7 +42,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, sandboxing, writers
+from . import __version__, sandboxing, seeding, writers
 from . import assignment as assignment_mod
 from .assignment import Assignment
 from .errors import StaffError
@@ -131,6 +131,10 @@ def build_autograder(assignment_dir: Path | str, out_zip: Path) -> Path:
         members.append((f"{PROJECT_SUBDIR}/README.md", b"# convgrade\n", False))
     members += _tree(asg.root / "assignment.toml", f"{ASSIGNMENT_SUBDIR}/assignment.toml")
     members += _tree(asg.root / "checks", f"{ASSIGNMENT_SUBDIR}/checks")
+    # The hidden checks' key (grader/seeding.py): without it each container would make its
+    # own, and a re-run on Gradescope would draw other hidden inputs.
+    secret = seeding.assignment_secret(asg.root).decode() + "\n"
+    members.append((f"{ASSIGNMENT_SUBDIR}/{seeding.SECRET_FILE}", secret.encode(), False))
     out_zip = Path(out_zip)
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_zip.name}.", dir=out_zip.parent)

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .assignment import Assignment
+from .answers import free_text_answers
+from .assignment import Assignment, Hint
 from .errors import SubmissionProblem
+from .imports import environment_problems
 from .launcher import Launcher
 from .notebook import LoadedNotebook, load_submission
 from .plugin import CheckInfo, GradingPlugin, check_dirs, run_pytest
@@ -28,6 +30,7 @@ class GradeOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     include_hidden: bool = True
     max_notebook_mib: int = 50
+    packages: tuple[str, ...] | None = None  # what notebooks may import; None: anything
 
 
 @dataclass
@@ -62,7 +65,9 @@ def prepare(sub: Submission, launcher: Launcher, options: GradeOptions, slot: in
         if sub.problem is not None:
             raise sub.problem
         prep.notebook = load_submission(sub.path, options.max_notebook_mib)
-        prep.session = NotebookSession(launcher, prep.notebook.code_cells, options.timeouts, slot)
+        prep.session = NotebookSession(
+            launcher, prep.notebook.code_cells, options.timeouts, slot, options.packages
+        )
         prep.session.run_notebook()
     except SubmissionProblem as exc:
         prep.problem = exc
@@ -87,33 +92,51 @@ def _question_totals(assignment: Assignment, tests: list[CheckResult]):
     return tuple(out)
 
 
-def _cell_errors(session: NotebookSession) -> list[str]:
+MAX_CELL_ERRORS = 50  # listed for the student; a notebook of 20,000 failing cells says so once
+
+
+def _cell_errors(session: NotebookSession, hints: tuple[Hint, ...] = ()) -> list[str]:
     errors = []
     for rec in session.records:
         label = f"cell {rec.index + 1}"
         if rec.status == "error":
-            errors.append(f"{label} raised {rec.ename}: {rec.evalue}")
+            known = [h.says for h in hints if h.applies(rec.ename, rec.evalue)]
+            # The plain sentence first; the raw error after it, for those who want it.
+            lead = f"{label}: {known[0]} It raised" if known else f"{label} raised"
+            errors.append(f"{lead} {rec.ename}: {rec.evalue}")
         elif rec.status == "timeout":
             errors.append(f"{label} was stopped: it {rec.evalue}")
         elif rec.status == "killed":
             errors.append(f"{label}: {rec.evalue}")
         elif rec.status == "skipped":
             errors.append(f"{label} was not run: {rec.evalue}")
+    if len(errors) > MAX_CELL_ERRORS:
+        more = len(errors) - MAX_CELL_ERRORS
+        errors = errors[:MAX_CELL_ERRORS] + [f"... and {more} more cells like these"]
     if session.shell_commands:
         errors.append(
-            "shell commands (lines starting with !) are not run under grading: "
-            + ", ".join(f"!{c}" for c in session.shell_commands[:5])
+            "shell commands (!, %sx, %%bash, %%sh, %%script and the like) are not run under "
+            "grading: " + ", ".join(_shell_label(c) for c in session.shell_commands[:5])
         )
+    if session.output_note:
+        errors.append(session.output_note)
     return errors
+
+
+def _shell_label(command: str) -> str:
+    # A cell magic is recorded with its name ("%%bash: ..."); a line escape as its command.
+    return command if command.startswith("%") else f"!{command}"
 
 
 def _status(session: NotebookSession) -> str:
     statuses = {r.status for r in session.records}
     if any(r.ename == "MemoryError" for r in session.records):
         return "memory"
-    if "timeout" in statuses or "skipped" in statuses:
+    # A cell skipped because its worker kept dying is a crash, not a timeout.
+    timed_out = [r for r in session.records if r.status == "skipped" and r.ename != "WorkerDied"]
+    if "timeout" in statuses or timed_out:
         return "timeout"
-    if "killed" in statuses or session.restarts:
+    if "killed" in statuses or "skipped" in statuses or session.restarts:
         return "crashed"
     return "graded"
 
@@ -154,7 +177,10 @@ def finish(
         checks_duration = time.monotonic() - started
         if not tests:
             raise _Bug("no check results: " + details[-3000:])
-        errors = _cell_errors(session)
+        cells = ((c.index, c.source) for c in prep.notebook.code_cells)
+        errors = environment_problems(cells, assignment.packages) + _cell_errors(
+            session, assignment.hints
+        )
         if session.gave_up:
             errors.append(f"grading stopped early: {session.gave_up}")
         execution = Execution(
@@ -174,27 +200,41 @@ def finish(
             errors=tuple(errors),
             execution=execution,
             questions=_question_totals(assignment, tests),
-            answers=prep.notebook.answers,
+            answers=free_text_answers(prep.notebook.nb, assignment.student),
             staff_details=details,
             **base,
         )
     except Exception as exc:
         detail = exc.args[0] if isinstance(exc, _Bug) else traceback.format_exc()
-        msg = "the autograder failed on this submission; course staff can see why"
-        tests = _not_run(checks, msg)
-        return SubmissionResult(
-            score=0.0,
-            status="grader_error",
-            tests=tuple(tests),
-            errors=(msg,),
-            questions=_question_totals(assignment, tests),
-            execution=Execution(isolation=isolation),
-            staff_details=detail,
-            **base,
-        )
+        return grader_error(sub, assignment, checks, isolation, detail)
     finally:
         if prep.session is not None:
-            prep.session.close()
+            try:
+                prep.session.close()
+            except Exception:  # the result stands; the worker is killed by its pidfd anyway
+                pass
+
+
+GRADER_ERROR_MESSAGE = "the autograder failed on this submission; course staff can see why"
+
+
+def grader_error(
+    sub: Submission, assignment: Assignment, checks: list[CheckInfo], isolation: str, detail: str
+) -> SubmissionResult:
+    """The row of a submission our side failed on: 0 points, the reason for staff only."""
+    tests = _not_run(checks, GRADER_ERROR_MESSAGE)
+    return SubmissionResult(
+        submission=sub.id,
+        source=sub.origin,
+        max_score=assignment.max_score,
+        score=0.0,
+        status="grader_error",
+        tests=tuple(tests),
+        errors=(GRADER_ERROR_MESSAGE,),
+        questions=_question_totals(assignment, tests),
+        execution=Execution(isolation=isolation),
+        staff_details=detail,
+    )
 
 
 def _pytest_once(assignment: Assignment, options: GradeOptions):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from . import sandboxing
 from .assignment import DEFAULT_PRELOAD
 from .errors import GraderBug
+from .memlimit import MemoryGuard
 from .sandboxing import MOUNT_ROOT, NO_SANDBOX_FLAG, WORKER_PKG
 
 SandboxPolicy = Literal["require", "prefer", "off"]
@@ -225,6 +226,9 @@ class Launcher:
             notes = () if self.mode else (support.reason,)
         if self.mode is None:
             notes += ("student code could read this user's files and use the network",)
+        # memlimit: one budget per submission (cgroup v2, cgroup v1 or a watcher)
+        self.memory = MemoryGuard(self.limits.memory_mib, self.limits.max_processes)
+        notes += (self.memory.describe(),)
         self.isolation = Isolation(self.mode is not None, notes, self.mode or "")
         self._zygote: Zygote | None = None
         self._pending: queue.Queue | None = None
@@ -320,7 +324,7 @@ class Launcher:
             raise
         from .client import WorkerProcess  # numpy, via the wire protocol: not needed to start
 
-        return WorkerProcess(sock, on_close=owned.close if owned else None)
+        return WorkerProcess(sock, on_close=owned.close if owned else None, guard=self.memory)
 
     def close(self) -> None:
         if os.getpid() == self._owner:  # a forked grading process does not own the zygote
@@ -331,4 +335,5 @@ class Launcher:
                 if self._zygote is not None:
                     self._zygote.close()
                     self._zygote = None
+            self.memory.close()  # memlimit: the workers' cgroups, also the grading processes'
         self._births.put(None)

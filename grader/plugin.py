@@ -7,10 +7,10 @@ submission; it never imports student code, and student code never sees it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import random
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from . import seeding
 from .assignment import Assignment
-from .errors import StaffError
-from .proxy import CheckFailure, Student
+from .errors import StaffError, WorkerFailure
+from .proxy import CheckFailure, Student, StudentCodeRaised
 from .results import CheckResult
 
 _HIDDEN_LINE_PREFIXES = (" x:", " y:", "x:", "y:", "ACTUAL", "DESIRED", " ACTUAL", " DESIRED")
@@ -70,15 +71,83 @@ def _info(item, assignment: Assignment) -> CheckInfo:
 
 def _message(excinfo, visibility: str) -> str:
     exc = excinfo.value
+    if visibility == "hidden":
+        return _hidden_message(exc)
     if isinstance(exc, CheckFailure):
         return str(exc)
     if isinstance(exc, AssertionError):
-        text = str(exc).strip()
-        if visibility == "hidden":
-            lines = [ln for ln in text.splitlines() if not ln.startswith(_HIDDEN_LINE_PREFIXES)]
-            text = "\n".join(lines).strip()[:400]
-        return text or "the result did not meet this check's condition"
+        return str(exc).strip() or "the result did not meet this check's condition"
     return f"{type(exc).__name__}: {str(exc)[:400]}"
+
+
+def _hidden_message(exc: BaseException) -> str:
+    """What a hidden check may tell the student.
+
+    Text the student's own code produced (exception messages, wherever a check quotes them)
+    is cut to a short, sanitised first line: it must not carry what the hidden check fed the
+    code back out to the student. Lines with the expected and actual arrays are dropped.
+    """
+    if isinstance(exc, AssertionError):
+        text = str(exc).strip()
+    else:
+        text = f"{type(exc).__name__}: {str(exc)}"
+    text = redact_student_text(text, _student_texts(exc))
+    # Student text can also arrive without an exception to trace it to (a class name the
+    # worker reports, say); a check's own words are never this long.
+    text = _LONG_TOKEN.sub(lambda m: m.group(0)[:40] + " [...]", text)
+    lines = [ln for ln in text.splitlines() if not ln.startswith(_HIDDEN_LINE_PREFIXES)]
+    text = "\n".join(lines).strip()[:400]
+    return text or "the result did not meet this check's condition"
+
+
+# Object addresses ("<function f at 0x7f3a...>") differ from run to run; a re-grade must not.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_LONG_TOKEN = re.compile(r"\S{41,}")
+MAX_STUDENT_LINE = 80
+_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;'\"()\[\]=/+*-]")
+_MIN_QUOTE = 12  # shorter common substrings are ordinary words, not quoted student text
+
+
+def student_line(text: str) -> str:
+    """The first line of student-produced text, sanitised and at most 80 characters."""
+    lines = str(text).strip().splitlines()
+    first = _UNSAFE.sub("?", lines[0].strip() if lines else "")
+    if len(first) > MAX_STUDENT_LINE or len(lines) > 1:
+        return first[:MAX_STUDENT_LINE] + " [...]"
+    return first
+
+
+def _student_texts(exc: BaseException) -> list[str]:
+    """Exception messages and type names the student's code produced, along the chain."""
+    found, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(seen) < 20:
+        seen.add(id(exc))
+        if isinstance(exc, StudentCodeRaised):
+            found += [exc.evalue, exc.ename]
+        exc = exc.__cause__ or exc.__context__
+    return [t for t in found if t]
+
+
+def redact_student_text(text: str, student_texts: list[str]) -> str:
+    """Replace every long run of ``text`` quoted from ``student_texts`` by its student_line."""
+    for quoted in sorted(set(student_texts), key=len, reverse=True):
+        if len(quoted) < _MIN_QUOTE:  # a type name: keep it, but only its safe characters
+            safe = re.sub(r"[^A-Za-z0-9_.]", "?", quoted)[:60]
+            text = text.replace(quoted, safe)
+            continue
+        out, i = [], 0
+        while i < len(text):
+            j = i + _MIN_QUOTE
+            if j <= len(text) and text[i:j] in quoted:
+                while j < len(text) and text[i : j + 1] in quoted:
+                    j += 1
+                out.append(student_line(text[i:j]))
+                i = j
+            else:
+                out.append(text[i])
+                i += 1
+        text = "".join(out)
+    return text
 
 
 class GradingPlugin:
@@ -91,6 +160,7 @@ class GradingPlugin:
         self.order: list[str] = []
         self.outcomes: dict[str, tuple[bool, str, str]] = {}
         self.collect_errors: list[str] = []
+        self._secret: bytes | None = None
 
     def pytest_configure(self, config) -> None:
         config.addinivalue_line("markers", "points(n): points the check is worth")
@@ -114,21 +184,42 @@ class GradingPlugin:
     # module-scoped fixture. Every fixture is torn down after each submission's last check
     # (run_items passes nextitem=None there), so nothing crosses to the next submission.
     @pytest.fixture(scope="module")
-    def student(self):
+    def student(self, request):
         if self.session is None:
             pytest.skip("no notebook")
+        # Module-scoped fixtures that call the notebook run before any check's own seed.
+        self._seed_worker(self._seed(request.node))
         return Student(self.session)
 
     @pytest.fixture
     def rng(self, request) -> np.random.Generator:
-        return np.random.default_rng(_seed(request.node.nodeid))
+        return np.random.default_rng(self._seed(request.node))
 
     @pytest.fixture(autouse=True)
     def _seed_everything(self, request):
-        seed = _seed(request.node.nodeid)
+        seed = self._seed(request.node)
         random.seed(seed)
         np.random.seed(seed % 2**32)
+        self._seed_worker(seed)
         yield
+
+    def _seed(self, node) -> int:
+        """The seed of a check (or check module): see grader/seeding.py."""
+        key = getattr(self.session, "content_key", b"")
+        hidden = self.assignment.hidden_dir in Path(str(node.path)).parents
+        if not hidden:
+            return seeding.check_seed(key, node.nodeid)
+        if self._secret is None:
+            self._secret = seeding.assignment_secret(self.assignment.root)
+        return seeding.check_seed(key, node.nodeid, self._secret)
+
+    def _seed_worker(self, seed: int) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.request({"op": "seed", "seed": seeding.worker_seed(seed)})
+        except WorkerFailure:
+            pass  # the check's own calls report what happened to the worker
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -160,13 +251,13 @@ class GradingPlugin:
                     score=info.points if passed else 0.0,
                     max_score=info.points,
                     status="passed" if passed else "failed",
-                    message=msg,
+                    message=_ADDRESS.sub("0x...", msg),
                     visibility=info.visibility,
                     nodeid=nodeid,
                 )
             )
             if longrepr:
-                details.append(f"--- {nodeid}\n{longrepr}")
+                details.append(f"--- {nodeid}\n{_ADDRESS.sub('0x...', longrepr)}")
         return out, "\n".join(details)
 
 
@@ -198,10 +289,6 @@ class BatchPlugin(GradingPlugin):
         self._items = [i for i in session.items if i.nodeid in self.infos]
         self.serve(self.run_items)
         return True
-
-
-def _seed(nodeid: str) -> int:
-    return int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:8], "big")
 
 
 # Core plugins that cost time on every check and add nothing to grading: end-of-session
@@ -338,6 +425,8 @@ def collect_checks(assignment: Assignment, include_hidden: bool = True) -> list[
     infos = [plugin.infos[n] for n in plugin.order]
     if not infos:
         raise StaffError(f"no checks found in {', '.join(map(str, dirs))}")
+    if include_hidden and any(i.visibility == "hidden" for i in infos):
+        seeding.assignment_secret(assignment.root)  # fail now, not in the middle of a batch
     if include_hidden:
         totals: dict[str, float] = {}
         for info in infos:

@@ -106,6 +106,14 @@ class Student:
         )
         return reply["value"]
 
+    def code_cells(self) -> tuple[str, ...]:
+        """The source of each code cell of the submitted notebook, in order.
+
+        Read from the submission by the grader, never from the worker: a check may trust it
+        as what the student wrote (not as what ran).
+        """
+        return tuple(str(c.source) for c in getattr(self._session, "cells", ()))
+
     def type_name(self, ref: Remote) -> str:
         reply = self._request({"op": "type", "target": self._target_of(ref)}, ref._label)
         return str(reply["value"])
@@ -155,18 +163,19 @@ class Student:
         )
 
     def _request(self, message: dict, label: str) -> dict:
-        # A function that ran out of time once is not called again: forty checks of an
-        # endless loop would otherwise cost forty timeouts.
-        key = _function_key(message)
+        # Anything that ran out of time once (a call, a value fetch that runs student code
+        # through .numpy(), a probe) is not asked again: forty checks of an endless loop
+        # would otherwise cost forty timeouts.
+        key = _request_key(message, self._session.generation)
         slow = self._session.timed_out
-        if key is not None and key in slow:
-            raise WorkerGone(f"`{label}` was not called again: an earlier call {slow[key]}")
+        if key in slow:
+            again = "called" if key[0] in ("call", "probe") else "asked for"
+            raise WorkerGone(f"`{label}` was not {again} again: an earlier request {slow[key]}")
         try:
             reply = self._session.request(message)
         except WorkerFailure as exc:
             if exc.kind in ("timeout", "interrupted"):
-                if key is not None:
-                    slow[key] = exc.message
+                slow[key] = exc.message
                 raise WorkerGone(
                     f"`{label}` {exc.message}: is there an endless loop, or a loop over every "
                     "pixel that is far too slow?"
@@ -179,7 +188,12 @@ class Student:
             raise MissingName(f"your notebook does not define `{reply.get('name')}`")
         if kind == "raised":
             ename, evalue = str(reply.get("ename")), str(reply.get("evalue"))
-            text = f"`{label}` raised {ename}" + (f": {evalue}" if evalue else "")
+            # A plain sentence first, then only the error's first line: TensorFlow's
+            # messages run to many lines of internals.
+            first = evalue.strip().splitlines()[0][:300] if evalue.strip() else ""
+            text = f"your code raised an error when the check called `{label}`: {ename}" + (
+                f": {first}" if first else ""
+            )
             if ename == "NotImplementedError":
                 text += " (this part is not written yet)"
             raise StudentCodeRaised(text, ename, evalue)
@@ -190,14 +204,23 @@ class Student:
         raise CheckFailure(f"`{label}` failed: {reply.get('message', kind)}")
 
 
-def _function_key(message: dict) -> tuple | None:
-    """The notebook-level function a request calls (``("corr2d",)``), if any."""
-    if message.get("op") == "probe":
+def _request_key(message: dict, generation: int) -> tuple:
+    """What a request asks for, as a key of ``session.timed_out``.
+
+    A notebook-level name (``("call", "corr2d")``) keeps its key across restarts; an object
+    that lives in the worker is named by its handle, which only its worker generation knows.
+    """
+    op = message.get("op")
+    if op == "probe":
         return ("probe", message.get("name"))
+    if op == "has":
+        return ("has", message.get("name"))
     target = message.get("target") or {}
-    if message.get("op") == "call" and target.get("base") is None:
-        return tuple(target.get("path") or ())
-    return None
+    base = target.get("base")
+    path = tuple(target.get("path") or ())
+    if base is None:
+        return (op, *path)
+    return (op, "handle", generation, getattr(base, "id", None), *path)
 
 
 class _Probes:

@@ -22,6 +22,7 @@ from .launcher import Launcher, WorkerLimits
 from .options import grading_limits
 from .plugin import CheckInfo
 from .results import SubmissionResult
+from .seeding import SECRET_FILE
 from .stubs import BEGIN_RE, END_RE, SolutionMarkerError, make_student_notebook
 from .submissions import Submission
 from .writers import atomic_write
@@ -102,14 +103,18 @@ def leaks(asg: Assignment, members: dict[str, bytes]) -> list[str]:
     """Hidden material found in a release: paths or solution lines."""
     found = []
     for name in members:
-        if "/checks/hidden/" in name or name.endswith("source.ipynb"):
+        if "/checks/hidden/" in name or name.endswith(("source.ipynb", f"/{SECRET_FILE}")):
             found.append(f"{name} must not be in the student release")
+    secret_path = asg.root / SECRET_FILE  # the key of the hidden checks' seeds
+    secret = secret_path.read_text(encoding="utf-8").strip() if secret_path.is_file() else ""
     secrets = solution_lines(asg)
     for name, data in members.items():
         text = data.decode("utf-8", errors="replace")
         for line in secrets:
             if line in text:
                 found.append(f"{name} contains solution text: {line[:60]!r}")
+        if secret and secret in text:
+            found.append(f"{name} contains the assignment's secret")
     return found
 
 
@@ -131,7 +136,7 @@ def grade_reference_notebooks(
     One batch, so the worker zygote and the checks' imports are paid for once.
     """
     timeouts, memory = grading_limits(asg.limits)
-    options = GradeOptions(timeouts=timeouts)
+    options = GradeOptions(timeouts=timeouts, packages=asg.packages)
     launcher = Launcher(
         preload=asg.preload,
         warm=True,

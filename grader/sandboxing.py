@@ -100,29 +100,37 @@ def _container() -> str | None:
 def _probe_command(bwrap: str, mode: Mode) -> list[str]:
     cmd = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-net", "--unshare-ipc"]
     if mode == "userns":
-        cmd += ["--unshare-user", "--cap-add", "ALL"]
+        cmd += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL"]
     return cmd + ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
 
 
 @functools.lru_cache(maxsize=1)
 def detect() -> Support:
-    """Find the sandbox this process can start, by starting a tiny one (about 10 ms)."""
+    """Find the sandbox this process can start, by starting a tiny one (about 10 ms).
+
+    Root tries the root sandbox first, then user namespaces: root in a container usually
+    lacks CAP_SYS_ADMIN, and some containers still allow user namespaces.
+    """
     facts = HostFacts.read()
     if facts.bwrap is None:
         return Support(None, explain(facts, ""))
-    mode: Mode = "root" if facts.euid == 0 else "userns"
-    try:
-        proc = subprocess.run(
-            _probe_command(facts.bwrap, mode),
-            capture_output=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return Support(None, explain(facts, str(exc)))
-    if proc.returncode == 0:
-        return Support(mode)
-    return Support(None, explain(facts, proc.stderr.decode(errors="replace").strip()))
+    modes: tuple[Mode, ...] = ("root", "userns") if facts.euid == 0 else ("userns",)
+    said = ""
+    for mode in modes:
+        try:
+            proc = subprocess.run(
+                _probe_command(facts.bwrap, mode),
+                capture_output=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            said = str(exc)
+            continue
+        if proc.returncode == 0:
+            return Support(mode)
+        said = proc.stderr.decode(errors="replace").strip()
+    return Support(None, explain(facts, said))
 
 
 def explain(facts: HostFacts, bwrap_said: str) -> str:
@@ -157,6 +165,13 @@ def explain(facts: HostFacts, bwrap_said: str) -> str:
                 "or `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, or grade "
                 "as root." + said
             )
+    if "max_" in bwrap_said and "namespaces" in bwrap_said or "ENOSPC" in bwrap_said:
+        return (
+            "no more user namespaces may be made here: user.max_user_namespaces is used up, "
+            "or convgrade itself runs inside a sandbox that forbids nesting one. Fix: run "
+            "convgrade outside that sandbox, or raise the limit (`sudo sysctl -w "
+            "user.max_user_namespaces=15000`)." + said
+        )
     if facts.container:
         return (
             f"this is an unprivileged {facts.container} container, which forbids the "
@@ -258,6 +273,8 @@ def zygote_env() -> dict[str, str]:
         "IPYTHONDIR": "/tmp/.ipython",  # keep the student's working directory empty
         "XDG_CACHE_HOME": "/tmp/.cache",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # Set and dict orders of strings then follow the code alone: re-grades agree.
+        "PYTHONHASHSEED": "0",
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
         # oneDNN's kernels cost more than they save on the tiny tensors of a notebook

@@ -21,8 +21,14 @@ MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_MEMBER_BYTES = 200 * 1024 * 1024
 MAX_ZIP_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
 _SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
-# Files that writers put at the top of --out, next to one folder per submission id.
-RESERVED_IDS = frozenset({"grades.csv", "submissions.csv", "manual.csv"})
+# Files that writers put at the top of --out, next to one folder per submission id
+# (`convgrade report` writes report.html there). No submission may take one of these names,
+# in any letter case (some file systems ignore it).
+RESERVED_IDS = frozenset({"grades.csv", "submissions.csv", "manual.csv", "report.html"})
+
+
+def _reserved(sub_id: str) -> bool:
+    return sub_id.lower() in RESERVED_IDS
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,12 @@ def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
                 )
                 found.append((sub_id, origin, None, problem))
                 continue
-            total += info.file_size
-            if info.file_size > MAX_ZIP_MEMBER_BYTES or total > MAX_ZIP_TOTAL_BYTES:
+            # Only what is extracted counts toward the archive's total: a refused member
+            # must not make the notebooks after it too large.
+            if (
+                info.file_size > MAX_ZIP_MEMBER_BYTES
+                or total + info.file_size > MAX_ZIP_TOTAL_BYTES
+            ):
                 problem = SubmissionProblem(
                     "too_large", f"the archive entry {name!r} is too large to extract."
                 )
@@ -153,13 +163,14 @@ def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
                 )
                 found.append((sub_id, origin, None, problem))
                 continue
-            if copied > MAX_ZIP_MEMBER_BYTES:
+            if copied > MAX_ZIP_MEMBER_BYTES or total + copied > MAX_ZIP_TOTAL_BYTES:
                 out.unlink()
                 problem = SubmissionProblem(
                     "too_large", f"the archive entry {name!r} is too large to extract."
                 )
                 found.append((sub_id, origin, None, problem))
                 continue
+            total += copied
             found.append((sub_id, origin, out, None))
     return found
 
@@ -193,12 +204,12 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     subs = []
     for stem, origin, path, problem in raw:
         base = _clean_id(stem)
-        if base not in first and base not in RESERVED_IDS:
+        if base not in first and not _reserved(base):
             first.add(base)
             sub_id = base
         else:
             n = 2
-            while f"{base}-{n}" in taken:
+            while f"{base}-{n}" in taken or _reserved(f"{base}-{n}"):
                 n += 1
             sub_id = f"{base}-{n}"
             taken.add(sub_id)

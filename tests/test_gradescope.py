@@ -235,8 +235,8 @@ def test_run_autograder_exits_2_without_bubblewrap(autograder_root, engine_noteb
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "bash").symlink_to(shutil.which("bash"))
-    (bin_dir / "python3").symlink_to(sys.executable)
-    env = {**os.environ, "PATH": str(bin_dir)}
+    # python3 from its own folder: a symlink elsewhere would lose a venv's packages
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}"}
     env["CONVGRADE_AUTOGRADER_ROOT"] = str(autograder_root)
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(

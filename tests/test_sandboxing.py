@@ -208,3 +208,30 @@ def test_the_zygotes_stderr_is_kept_as_a_bounded_tail():
     zygote._drain()  # returns at end of file
     writer.join()
     assert zygote._stderr_tail == b"z" * STDERR_TAIL
+
+
+def test_a_used_up_namespace_limit_is_named_before_the_container_guess():
+    said = "Creating new namespace failed: nesting depth or max_*_namespaces exceeded (ENOSPC)"
+    text = sandboxing.explain(facts(container="docker"), said)
+    assert text.startswith("no more user namespaces may be made here")
+    assert "docker" not in text.split("(bubblewrap said")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root without CAP_SYS_ADMIN")
+def test_root_without_cap_sys_admin_falls_back_to_user_namespaces(tmp_path):
+    """As in a container that runs as root but withholds CAP_SYS_ADMIN."""
+    out = tmp_path / "g"
+    proc = subprocess.run(
+        ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
+        + [sys.executable, "-m", "grader", "grade", str(EXAMPLES / "full_marks.ipynb")]
+        + ["--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "full_marks" / "result.json").read_text())
+    assert result["execution"]["isolation"].startswith("sandboxed (bubblewrap, user namespaces)")
+    assert result["score"] == 40

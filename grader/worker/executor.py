@@ -1,8 +1,11 @@
 """Run notebook cells with IPython semantics and record what they produce.
 
 Outputs are captured into nbformat-shaped dicts with hard size caps, so a cell that prints
-gigabytes costs the grader nothing. Shell escapes (``!cmd``, ``%sx``) are not run: they are
-recorded and reported instead.
+gigabytes costs the grader nothing. Shell commands are not run, by whichever IPython path
+they come (``!cmd``, ``%sx``, ``%system``, ``%%bash``, ``%%sh``, ``%%script`` and the other
+script cell magics, ``get_ipython().system_raw``, ``system_piped``, ``getoutput``): they are
+all recorded and reported the same way. (They would run inside the sandbox; the point is
+one policy, not a second line of defence.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ MAX_STREAM_CHARS = 64 * 1024
 MAX_CELL_OUTPUT_CHARS = 256 * 1024
 MAX_IMAGE_CHARS = 1024 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # object addresses differ from run to run
 _KEPT_MIME = ("text/plain", "text/html", "text/markdown", "image/png", "image/svg+xml")
 
 
@@ -160,8 +164,7 @@ class CellRunner:
         self.shell.display_pub = _Publisher(shell=self.shell)
         self.shell.displayhook = _Hook(shell=self.shell, cache_size=0)
         self.shell.display_trap.hook = self.shell.displayhook
-        self.shell.system = self._refuse_shell
-        self.shell.getoutput = self._refuse_getoutput
+        self._refuse_shell_paths()
         self.shell._showtraceback = self._record_traceback
         # The base shell has no GUI loop; the inline backend needs none, so accept the call.
         self.shell.enable_gui = lambda gui=None: None
@@ -169,6 +172,9 @@ class CellRunner:
             self.shell.run_line_magic("matplotlib", "inline")
         except Exception:  # matplotlib is optional in a notebook
             pass
+        from . import imports
+
+        imports.install(self.shell)
         self._outputs: list[dict] = []
         self._error: dict | None = None
         self._shell_commands: list[str] = []
@@ -185,9 +191,29 @@ class CellRunner:
         self._chars += size
         self._outputs.append(output)
 
+    def _refuse_shell_paths(self) -> None:
+        """One shell policy for every way IPython offers to run a command."""
+        shell = self.shell
+        shell.system = shell.system_raw = shell.system_piped = self._refuse_shell
+        shell.getoutput = self._refuse_getoutput
+        # %%script, %%bash, %%sh, %%perl, ...: ScriptMagics starts them as subprocesses
+        # itself, without shell.system.
+        script = shell.magics_manager.registry.get("ScriptMagics")
+        names = set(script.magics["cell"]) if script is not None else set()
+        for name in sorted(names | {"script", "bash", "sh"}):
+            shell.register_magic_function(self._refuser(name), magic_kind="cell", magic_name=name)
+
+    def _refuser(self, name: str):
+        def refuse(line: str = "", cell: str = "") -> None:
+            first = next((t for t in str(cell).splitlines() if t.strip()), "")
+            self._refuse_shell(f"%%{name} {line}".rstrip() + (f": {first}" if first else ""))
+
+        return refuse
+
     def _refuse_shell(self, cmd: str) -> None:
         self._shell_commands.append(str(cmd)[:500])
-        sys.stderr.write(f"[convgrade: shell command not run under grading: !{cmd}]\n")
+        shown = cmd if str(cmd).startswith("%") else f"!{cmd}"
+        sys.stderr.write(f"[convgrade: shell command not run under grading: {shown}]\n")
 
     def _refuse_getoutput(self, cmd: str, split: bool = True, depth: int = 0):
         self._refuse_shell(cmd)
@@ -239,9 +265,12 @@ class CellRunner:
                     "traceback": e["traceback"].splitlines()[-60:],
                 }
             )
+        error = self._error
+        if error is not None:  # the record kept in result.json: identical on every re-grade
+            error = {**error, "evalue": _ADDRESS.sub("0x...", error["evalue"])}
         return {
             "outputs": outputs,
-            "error": self._error,
+            "error": error,
             "shell_commands": list(self._shell_commands),
             "duration": elapsed,
         }

@@ -3,8 +3,14 @@
 A check calls ``student.probe.NAME(...)``; the worker runs ``NAME`` here with the arguments
 decoded (numpy arrays, plain values, or the real worker-side objects behind handles) and
 sends back the plain-data result. Probes do what a check cannot do from the other side of
-the process boundary: open a ``tf.GradientTape`` around a student's layer, or hand its
-gradients to a Keras optimizer.
+the process boundary: open a ``tf.GradientTape`` around a student's layer or function.
+
+A probe's answer is a claim made inside the student's process, which the student's code can
+replace or bend: checks never award points on it alone, only where it agrees with data the
+check verifies itself (docs/checks-api.md, "Which facts a check may trust"). The worker
+keeps its own references to these functions, taken before any cell runs, so reassigning
+``cgworker.probes.NAME`` from a notebook changes nothing; that is a convenience, not the
+security boundary.
 
 Probes are trusted code but run among untrusted objects: they never assume a student's
 object behaves, and they return plain data only (dicts of numpy arrays, floats, str, None).
@@ -14,102 +20,46 @@ does not load TensorFlow into a worker whose notebook never did.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-__all__ = ["corr_gradient", "layer_gradients", "layer_info", "sgd_step"]
-
-
-def layer_info(layer) -> dict:
-    """What kind of object ``layer`` is and which weights Keras tracks for it.
-
-    Returns:
-        ``{"type": str, "is_keras_layer": bool, "built": bool,
-        "trainable": [[name, shape], ...], "non_trainable": [[name, shape], ...],
-        "has_weight": bool, "has_bias": bool}``; shapes are tuples.
-    """
-    tf = _tf()
-    is_layer = isinstance(layer, tf.keras.layers.Layer)
-    return {
-        "type": type(layer).__name__,
-        "is_keras_layer": is_layer,
-        "built": bool(getattr(layer, "built", False)),
-        "trainable": _describe(layer.trainable_weights) if is_layer else [],
-        "non_trainable": _describe(layer.non_trainable_weights) if is_layer else [],
-        "has_weight": _safe_hasattr(layer, "weight"),
-        "has_bias": _safe_hasattr(layer, "bias"),
-    }
+__all__ = ["corr_gradient", "layer_gradients"]
 
 
 def layer_gradients(layer, X, upstream=None) -> dict:
-    """Gradients of ``sum(upstream * layer(X))`` with respect to ``layer.weight`` and ``.bias``.
+    """What a ``tf.GradientTape`` gives for ``sum(upstream * layer(X))``.
 
-    ``upstream`` defaults to ones (the loss is then the sum of the output). The layer is
-    called inside a default ``tf.GradientTape`` (which watches trainable variables as they
-    are read), exactly as a training loop would.
+    The gradients are taken with respect to ``layer.weight`` and ``layer.bias``, both watched
+    explicitly, so that a bias created with ``trainable=False`` still shows whether the
+    output depends on it (whether an optimizer may train it is a separate question, which
+    the checks answer from ``layer.trainable_weights``). ``upstream`` defaults to ones.
 
-    Returns:
-        ``{"weight": array | None, "bias": array | None, "output": array}``: what the tape
-        gives for each (None when it gives None), and the layer's output.
-
-    Raises:
-        AttributeError: the layer has no ``weight`` or ``bias`` attribute after the call.
-    """
-    tf = _tf()
-    X = tf.convert_to_tensor(np.asarray(X, dtype=np.float32))
-    with tf.GradientTape() as tape:
-        output = layer(X)
-        weights = [_attribute(layer, "weight"), _attribute(layer, "bias")]
-        if upstream is None:
-            loss = tf.reduce_sum(output)
-        else:
-            loss = tf.reduce_sum(tf.cast(output, tf.float32) * np.asarray(upstream, np.float32))
-    grad_weight, grad_bias = tape.gradient(loss, weights)
-    return {
-        "weight": _numpy_or_none(grad_weight),
-        "bias": _numpy_or_none(grad_bias),
-        "output": np.asarray(output),
-    }
-
-
-def sgd_step(layer, X, Y, lr: float = 0.1) -> dict:
-    """One training step of ``layer`` on (X, Y) with ``keras.optimizers.SGD(lr)``.
-
-    The loss is the summed squared error ``sum((layer(X) - Y) ** 2)``; its gradients are
-    taken with respect to ``layer.trainable_weights`` (what Keras itself would train) and
-    applied with ``apply_gradients``. Nothing escapes: what Keras raises or warns is
-    returned as text.
+    This is a claim made inside the student's process: the checks accept it only where it
+    agrees with finite differences of forward calls they make themselves (see
+    docs/checks-api.md, "Which facts a check may trust").
 
     Returns:
-        ``{"error": str | None, "warning": str | None, "loss": float | None,
-        "no_gradient": [names of trainable weights whose gradient is None],
-        "weight": array | None, "bias": array | None}`` with the weights after the step.
+        ``{"weight": array | None, "bias": array | None, "output": array | None,
+        "error": str | None}``: what the tape gives for each (None when it gives None, or
+        when the call failed, with ``error`` saying what was raised).
     """
     tf = _tf()
-    X = tf.convert_to_tensor(np.asarray(X, dtype=np.float32))
-    Y = np.asarray(Y, dtype=np.float32)
-    result = {"error": None, "warning": None, "loss": None, "no_gradient": []}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum((tf.cast(layer(X), tf.float32) - Y) ** 2)
-            variables = list(layer.trainable_weights)
-            grads = tape.gradient(loss, variables)
-            result["loss"] = float(loss)
-            result["no_gradient"] = [
-                v.name for v, g in zip(variables, grads, strict=True) if g is None
-            ]
-            tf.keras.optimizers.SGD(learning_rate=lr).apply_gradients(
-                zip(grads, variables, strict=True)
-            )
-        except Exception as exc:  # report what Keras or the student's code raised
-            result["error"] = f"{type(exc).__name__}: {exc}"
-    messages = [str(w.message) for w in caught]
-    result["warning"] = "\n".join(messages) or None
-    result["weight"] = _value_or_none(layer, "weight")
-    result["bias"] = _value_or_none(layer, "bias")
+    result = {"weight": None, "bias": None, "output": None, "error": None}
+    try:
+        X = tf.convert_to_tensor(np.asarray(X, dtype=np.float32))
+        with tf.GradientTape(persistent=True) as tape:
+            targets = [_watchable(tf, _attribute(layer, name)) for name in ("weight", "bias")]
+            for target in targets:
+                if target is not None:
+                    tape.watch(target)
+            output = tf.cast(tf.convert_to_tensor(layer(X)), tf.float32)
+            weighted = output if upstream is None else output * np.asarray(upstream, np.float32)
+            loss = tf.reduce_sum(weighted)
+        result["output"] = np.asarray(output.numpy())
+        for name, target in zip(("weight", "bias"), targets, strict=True):
+            if target is not None:
+                result[name] = _numpy_or_none(tape.gradient(loss, target))
+    except Exception as exc:  # the student's layer may raise anything
+        result["error"] = f"{type(exc).__name__}: {exc}"[:500]
     return result
 
 
@@ -144,8 +94,12 @@ def _tf():
     return tf
 
 
-def _describe(variables) -> list:
-    return [[str(v.name), tuple(int(d) for d in v.shape)] for v in variables]
+def _watchable(tf, variable):
+    """The ``tf.Variable`` behind a weight (a Keras 3 variable wraps one), or None."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    inner = getattr(variable, "value", None)
+    return inner if isinstance(inner, tf.Variable) else None
 
 
 def _safe_hasattr(obj, name: str) -> bool:
@@ -167,10 +121,3 @@ def _numpy_or_none(value):
     if hasattr(value, "numpy"):
         return np.asarray(value.numpy())
     return np.asarray(value)
-
-
-def _value_or_none(layer, name: str):
-    try:
-        return _numpy_or_none(getattr(layer, name)) if _safe_hasattr(layer, name) else None
-    except Exception:  # not convertible to an array
-        return None

@@ -29,8 +29,15 @@ from builtins import (  # noqa: E402, UP029
 
 import numpy as np
 
+from . import probes as _probes_module
 from . import protocol
 from .executor import restore_builtins, strip_ansi
+
+# The probes as shipped, taken when the worker starts, before any cell runs: a notebook that
+# reassigns ``cgworker.probes.layer_gradients`` does not change what a check's probe runs.
+# This is not what makes probes safe (the student's process can reach anything in it); the
+# checks accept a probe's answer only where they can verify it (docs/checks-api.md).
+_PROBES = {name: getattr(_probes_module, name) for name in _probes_module.__all__}
 
 MAX_HANDLES = 10_000
 MAX_STR = 1_000_000
@@ -182,14 +189,29 @@ class Server:
         return {"ok": True, "value": type(obj).__name__}
 
     def op_probe(self, req):
-        from . import probes
-
         name = str(req["name"])
-        if name not in getattr(probes, "__all__", ()):
+        probe = _PROBES.get(name)
+        if probe is None:
             return {"ok": False, "kind": "usage", "message": f"no probe named {name!r}"}
         args = self._materialise(req.get("args") or [])
         kwargs = self._materialise(req.get("kwargs") or {})
-        return self._reply_value(getattr(probes, name)(*args, **kwargs), req.get("want", "auto"))
+        return self._reply_value(probe(*args, **kwargs), req.get("want", "auto"))
+
+    def op_setup(self, req):
+        """Before the notebook runs: the seed, and the packages its cells may import."""
+        from . import imports, seeding
+
+        packages = req.get("packages")
+        imports.configure(None if packages is None else [str(p) for p in packages])
+        seeding.seed_everything(int(req["seed"]))
+        return {"ok": True}
+
+    def op_seed(self, req):
+        """Before a check's calls: reseed from the check's own seed."""
+        from . import seeding
+
+        seeding.seed_for_check(int(req["seed"]))
+        return {"ok": True}
 
     def op_release(self, req):
         for hid in req.get("ids") or []:

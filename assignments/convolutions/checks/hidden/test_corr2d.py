@@ -124,7 +124,7 @@ def test_kernel_as_large_as_input(student, rng):
 
 @pytest.mark.points(1)
 def test_integer_inputs(student, rng):
-    """corr2d accepts integer arrays"""
+    """corr2d accepts integer arrays, and float images with an integer kernel"""
     X = rng.integers(-5, 6, size=(5, 6)).astype(np.int32)
     K = rng.integers(-3, 4, size=(2, 2)).astype(np.int32)
     try:
@@ -139,4 +139,27 @@ def test_integer_inputs(student, rng):
             "tf.cast(X, tf.float32)."
         ) from None
     problem = diagnose(np.asarray(got, dtype=np.float64), X, K)
+    assert problem is None, problem
+    # A float image with an integer kernel: casting the image to the kernel's dtype would
+    # cut off its fractions, which integer-only inputs never show. Square, so that a height
+    # and width mix-up (charged by the other checks) does not fail this one too.
+    X = (rng.normal(size=(5, 5)) * 2).astype(np.float32)
+    K = rng.integers(-3, 4, size=(2, 2)).astype(np.int32)
+    K[0, 0] = 2  # never all zeros
+    try:
+        got = np.asarray(student.corr2d(X, K), dtype=np.float64)
+    except StudentCodeRaised as exc:
+        raise AssertionError(
+            "corr2d raised an error on a float image with an integer kernel "
+            f"({exc.ename}: {exc.evalue.strip().splitlines()[0][:120] if exc.evalue else ''}): "
+            "convert X and K to the same floating-point dtype first."
+        ) from None
+    truncated = ref(np.trunc(X), K)
+    if got.shape == truncated.shape and np.allclose(got, truncated, atol=1e-4):
+        raise AssertionError(
+            "corr2d on a float image with an integer kernel cuts off the image's fractions: "
+            "it casts the image to the kernel's integer dtype. Convert both to a floating-point "
+            "dtype instead."
+        )
+    problem = diagnose(got, X, K)
     assert problem is None, problem

@@ -1,45 +1,50 @@
 """Hidden checks of Exercise 1 (diagonal): other sizes, and the three answers."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from reference import answers as answer_key
 
+
+def _load_helpers():
+    """checks/public/helpers.py, imported by path (check modules are not a package)."""
+    name = "convolutions_check_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "public" / "helpers.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _load_helpers()
+
+# Hints send the student back to the experiment; none of them describes an option.
 HINTS = {
     "a": (
-        "(a) is not right: look at the rows of corr2d(X, K). Every row of the diagonal image "
-        "crosses the edge once, and which way does it step there?"
+        "(a) is not right: run the first experiment of Exercise 1, corr2d(X_diag, K_edge), "
+        "and compare the printed array row by row with each option, what it says you see and "
+        "why."
     ),
     "b": (
-        "(b) is not right: after transposing, black and white swap sides of the diagonal. "
-        "Is the edge still crossed by every row, and which way does the step go now?"
+        "(b) is not right: run the second experiment, corr2d(X_diag.T, K_edge), and compare "
+        "its output entry by entry with the output of (a) before choosing."
     ),
     "c": (
-        "(c) is not right: K.T = [[1], [-1]] compares each pixel with the one below it. Does "
-        "the diagonal edge cross the columns, and what shape does the output have?"
+        "(c) is not right: run the third experiment, corr2d(X_diag, K_edge.T), and look at "
+        "both the shape of its output and where its nonzero entries are."
     ),
 }
 CORRECT = {"a": "B", "b": "C", "c": "B"}
 
 
-def answers(student):
-    value = student.value(student.DIAGONAL_ANSWERS)
-    assert value is not None, (
-        'DIAGONAL_ANSWERS is still None: set it to a dict like {"a": "A", "b": "B", "c": "C"}.'
-    )
-    assert isinstance(value, dict), (
-        f"DIAGONAL_ANSWERS is a {type(value).__name__}; it must be a dict like "
-        '{"a": "A", "b": "B", "c": "C"}.'
-    )
-    return {str(k).strip().lower(): str(v).strip().upper() for k, v in value.items()}
-
-
 def check_answer(student, part):
-    given = answers(student).get(part)
-    assert given is not None, f'DIAGONAL_ANSWERS has no answer for "{part}".'
-    assert given in "ABCD" and len(given) == 1, (
-        f'DIAGONAL_ANSWERS["{part}"] is {given!r}; it must be one letter, A to D.'
-    )
+    given = helpers.diagonal_answers(student.value(student.DIAGONAL_ANSWERS))[part]
     assert given == CORRECT[part], HINTS[part]
 
 

@@ -1,7 +1,26 @@
 """Hidden checks of Exercise 2 (gradient): another input, and the chosen explanation."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+
+def _load_helpers():
+    """checks/public/helpers.py, imported by path (check modules are not a package)."""
+    name = "convolutions_check_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "public" / "helpers.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _load_helpers()
 
 
 @pytest.mark.points(1)
@@ -26,13 +45,10 @@ def test_loop_layer_gradients_other_shapes(student, rng):
 @pytest.mark.points(2)
 def test_gradient_answer(student):
     """GRADIENT_ANSWER: what goes wrong when training through the loop"""
-    answer = student.value(student.GRADIENT_ANSWER)
-    assert answer is not None, "GRADIENT_ANSWER is still None: set it to one letter, A to D."
-    answer = str(answer).strip().upper()
-    assert len(answer) == 1 and answer in "ABCD", (
-        f"GRADIENT_ANSWER is {answer!r}; it must be one letter, A to D."
-    )
-    assert answer == "B", (
+    value = student.value(student.GRADIENT_ANSWER)
+    problem = helpers.answer_format_problem("GRADIENT_ANSWER", value)
+    assert problem is None, problem
+    assert helpers.letter(value) == "B", (
         "GRADIENT_ANSWER is not right: compare it with what loop_layer_gradients returned, "
         "and with what the optimizer said when you applied those gradients."
     )

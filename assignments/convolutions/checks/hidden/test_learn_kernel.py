@@ -6,27 +6,30 @@ within the tolerance. Training is the costliest thing a check asks of a notebook
 (1, 2) fit runs once per submission and two checks judge it (a module-scoped fixture).
 """
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from grader.checks import StudentCodeRaised
+from grader.checks import CheckFailure, MissingName
 from reference import answers as answer_key
 
-KERAS3_WATCH = "not tf.Tensor or tf.Variable"
+
+def _load_helpers():
+    """checks/public/helpers.py, imported by path (check modules are not a package)."""
+    name = "convolutions_check_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "public" / "helpers.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def call_learn_kernel(student, *args, **kwargs):
-    """student.learn_kernel(...), explaining the Keras 3 `tape.watch` pitfall if it bites."""
-    try:
-        return student.learn_kernel(*args, **kwargs)
-    except StudentCodeRaised as exc:
-        if KERAS3_WATCH in exc.evalue:
-            raise AssertionError(
-                f"learn_kernel raised {exc.ename}: tape.watch(...) does not accept a Keras 3 "
-                "variable. Drop the watch call: the tape already watches trainable variables "
-                "(or watch conv.kernel.value)."
-            ) from None
-        raise
+helpers = _load_helpers()
 
 
 def patches(X, kernel_size):
@@ -54,21 +57,28 @@ def schedule(X, kernel_size):
     return float(2.0 / (high + low)), min(max(epochs, 5), 60)
 
 
+def run(student, X, Y, kernel_size, lr, epochs):
+    """learn_kernel with every argument by name: (kernel, losses)."""
+    try:
+        result = helpers.call_learn_kernel(
+            student, X, Y, kernel_size=kernel_size, lr=lr, num_epochs=epochs
+        )
+    except MissingName:
+        raise CheckFailure(helpers.missing_learn_kernel(student)) from None
+    return helpers.fit_result(result, kernel_size)
+
+
 def fit(student, X, target, epochs=None):
+    """Fit the kernel that made Y = corr2d(X, target): (kernel, losses, lr, epochs)."""
     kernel_size = target.shape
     Y = np.asarray(answer_key.corr2d(X, target), dtype=np.float32)
     lr, needed = schedule(X, kernel_size)
     epochs = epochs or needed
-    result = call_learn_kernel(student, X, Y, kernel_size=kernel_size, lr=lr, num_epochs=epochs)
-    assert isinstance(result, (tuple, list)) and len(result) == 2, (
-        "learn_kernel must return a pair (kernel, losses)."
-    )
-    kernel = np.asarray(result[0], dtype=np.float64)
-    losses = np.asarray(result[1], dtype=np.float64).reshape(-1)
-    return kernel, losses
+    kernel, losses = run(student, X, Y, kernel_size, lr, epochs)
+    return kernel, losses, lr, epochs
 
 
-def check_kernel(kernel, target):
+def check_kernel(kernel, target, lr, epochs):
     if kernel.shape != target.shape:
         if kernel.size == target.size:
             raise AssertionError(
@@ -84,10 +94,11 @@ def check_kernel(kernel, target):
             "learn_kernel returned [[1, -1]] for data made with a different kernel: it must "
             "learn the kernel from X and Y, not return the chapter's answer."
         )
-    assert np.abs(kernel - target).max() < 0.05, (
-        f"learn_kernel did not recover the kernel that produced Y (largest error "
-        f"{np.abs(kernel - target).max():.3g}): does it learn from the given X, Y, lr and "
-        "num_epochs?"
+    error = np.abs(kernel - target).max() if np.all(np.isfinite(kernel)) else np.inf
+    assert error < 0.05, (
+        f"after {epochs} epochs at lr={lr:.4g} (a step size at which a correct update lowers "
+        f"the loss every epoch) learn_kernel did not recover the kernel that produced Y "
+        f"(largest error {error:.3g}): does it learn from the given X, Y, lr and num_epochs?"
     )
 
 
@@ -104,40 +115,86 @@ def another_fit(student):
     X = np.random.default_rng(20240917).normal(size=(5, 7)).astype(np.float32)
     epochs = schedule(X, ANOTHER_TARGET.shape)[1]
     epochs = 11 if epochs == 10 else epochs
-    kernel, losses = fit(student, X, ANOTHER_TARGET, epochs)
-    return kernel, losses, epochs
+    kernel, losses, lr, epochs = fit(student, X, ANOTHER_TARGET, epochs)
+    return kernel, losses, lr, epochs
+
+
+@pytest.fixture(scope="module")
+def bookkeeping(student):
+    """How learn_kernel keeps its books: 3 epochs at a step size that can be replayed exactly.
+
+    With lr = 0.5 / (largest curvature) one step shrinks every direction by a factor between
+    0.5 and 1, so the run can be undone from its last kernel (see helpers.replay), and the
+    losses a correct run records follow from it.
+    """
+    X = np.random.default_rng(20240918).normal(size=(4, 6)).astype(np.float32)
+    target = np.array([[0.7, -1.3]], dtype=np.float32)
+    Y = np.asarray(answer_key.corr2d(X, target), dtype=np.float32)
+    P = patches(X, target.shape)
+    lr = float(0.5 / np.linalg.eigvalsh(2 * P.T @ P).max())
+    kernel, losses = run(student, X, Y, target.shape, lr, 3)
+    return helpers.story(X, Y, kernel, losses, lr, target.shape), lr
 
 
 @pytest.mark.points(1)
-def test_learns_another_kernel(another_fit):
+def test_learns_another_kernel(another_fit, bookkeeping):
     """learn_kernel recovers a (1, 2) kernel other than [[1, -1]]"""
-    kernel, _, _ = another_fit
-    check_kernel(kernel, ANOTHER_TARGET)
+    kernel, _, lr, epochs = another_fit
+    named(bookkeeping, lambda: check_kernel(kernel, ANOTHER_TARGET, lr, epochs))
 
 
 @pytest.mark.points(1)
-def test_learns_a_2x2_kernel(student, rng):
+def test_learns_a_2x2_kernel(student, rng, bookkeeping):
     """learn_kernel recovers a 2x2 kernel"""
     X = rng.normal(size=(6, 6)).astype(np.float32)
     target = np.array([[0.8, -0.3], [1.2, 0.4]], dtype=np.float32)
-    kernel, _ = fit(student, X, target)
-    check_kernel(kernel, target)
+    kernel, _, lr, epochs = fit(student, X, target)
+    named(bookkeeping, lambda: check_kernel(kernel, target, lr, epochs))
+
+
+def named(bookkeeping, check) -> None:
+    """Run ``check``; if it fails and the replay found the mistake, say which it is.
+
+    A run that is not the gradient descent asked for (a mean loss, an uphill step) fails
+    whatever its kernel, which then depends only on the random start.
+    """
+    story, _ = bookkeeping
+    try:
+        check()
+        if story in helpers.WRONG_TRAINING:
+            raise AssertionError(
+                "replaying 3 epochs from the kernel learn_kernel returned shows that "
+                f"{helpers.BOOKKEEPING[story]}; the kernel is near the target by chance."
+            )
+    except AssertionError as exc:
+        if story in helpers.WRONG_TRAINING and "replaying" not in str(exc):
+            raise AssertionError(f"{exc} It looks like {helpers.BOOKKEEPING[story]}.") from None
+        raise
 
 
 @pytest.mark.points(1)
-def test_losses_follow_training(another_fit):
-    """learn_kernel returns one loss per epoch, decreasing"""
-    _, losses, epochs = another_fit
+def test_losses_follow_training(another_fit, bookkeeping):
+    """learn_kernel returns one summed loss per epoch, each recorded before its update"""
+    _, losses, lr, epochs = another_fit
+    story, replay_lr = bookkeeping
     assert losses.size == epochs, (
         f"num_epochs={epochs} gave {losses.size} losses, expected {epochs}."
     )
+    if story in helpers.BOOKKEEPING:
+        raise AssertionError(
+            f"replaying 3 epochs at lr={replay_lr:.4g} from the kernel learn_kernel returned "
+            f"shows that {helpers.BOOKKEEPING[story]}."
+        )
     if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
         raise AssertionError(
-            f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}): the update goes "
-            "uphill. Subtract lr * gradient from the kernel."
+            f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}) at lr={lr:.4g}, "
+            "a step size at which a correct update lowers the loss every epoch: is the step "
+            "larger than lr * gradient?"
         )
     assert np.all(np.diff(losses) <= 1e-6 * losses[0] + 1e-6), (
-        "with a small learning rate each loss should be lower than the one before; is each "
-        "loss computed before the update, with the current kernel?"
+        f"at lr={lr:.4g} each loss should be lower than the one before; is each loss computed "
+        "before the update, with the current kernel?"
     )
-    assert losses[-1] < 0.5 * losses[0], "the losses barely change: is the kernel updated?"
+    assert losses[-1] < 0.5 * losses[0], (
+        f"the losses barely change over {epochs} epochs at lr={lr:.4g}: is the kernel updated?"
+    )

@@ -1,7 +1,26 @@
 """Public check of Exercise 1 (diagonal): the image with a diagonal edge."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+
+def _load_helpers():
+    """checks/public/helpers.py, imported by path (check modules are not a package)."""
+    name = "convolutions_check_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name("helpers.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _load_helpers()
 
 
 @pytest.mark.points(1)
@@ -18,3 +37,9 @@ def test_diagonal_image(student):
     assert np.array_equal(got, want), (
         "diagonal_edge_image(8) is wrong: pixel (i, j) must be 1 when j >= i and 0 otherwise."
     )
+
+
+@pytest.mark.points(0)
+def test_answers_format(student):
+    """DIAGONAL_ANSWERS has one letter, A to D, for each of "a", "b" and "c" (not judged here)"""
+    helpers.diagonal_answers(student.value(student.DIAGONAL_ANSWERS))

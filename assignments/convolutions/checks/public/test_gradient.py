@@ -1,7 +1,26 @@
 """Public check of Exercise 2 (gradient): the tape's gradients through the loop version."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+
+def _load_helpers():
+    """checks/public/helpers.py, imported by path (check modules are not a package)."""
+    name = "convolutions_check_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name("helpers.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _load_helpers()
 
 
 def small_image():
@@ -31,4 +50,18 @@ def test_loop_layer_gradients_on_a_small_image(student):
     assert np.allclose(bias, [12.0]), (
         f"the gradient for `bias` is {bias.tolist()}, expected [12.0] (one per output pixel "
         "of the 3x4 output): is the loss tf.reduce_sum(corr2d_loop(X, weight) + bias)?"
+    )
+
+
+@pytest.mark.points(0)
+def test_answer_format_and_signature(student):
+    """GRADIENT_ANSWER is one letter A to D (judged later); loop_layer_gradients(X, (2, 2)) runs"""
+    problem = helpers.answer_format_problem(
+        "GRADIENT_ANSWER", student.value(student.GRADIENT_ANSWER)
+    )
+    assert problem is None, problem
+    X = np.ones((3, 3), dtype=np.float32)
+    grads = student.loop_layer_gradients(X, (2, 2))
+    assert isinstance(grads, dict) and {"weight", "bias"} <= set(grads), (
+        'loop_layer_gradients(X, kernel_size) must return a dict {"weight": ..., "bias": ...}.'
     )

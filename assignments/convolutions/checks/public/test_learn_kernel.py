@@ -1,29 +1,35 @@
 """Public checks of Part 4 (`learn_kernel`): the chapter's data, K = [[1, -1]].
 
 Both checks judge the same training run, done once per notebook (a module-scoped fixture):
-training is the slowest thing these checks ask of a notebook.
+training is the slowest thing these checks ask of a notebook. The run passes every argument
+by name, so the signature is checked too, and messages name the lr that actually ran.
 """
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from grader.checks import StudentCodeRaised
-
-KERAS3_WATCH = "not tf.Tensor or tf.Variable"
+from grader.checks import CheckFailure, MissingName
 
 
-def call_learn_kernel(student, *args, **kwargs):
-    """student.learn_kernel(...), explaining the Keras 3 `tape.watch` pitfall if it bites."""
-    try:
-        return student.learn_kernel(*args, **kwargs)
-    except StudentCodeRaised as exc:
-        if KERAS3_WATCH in exc.evalue:
-            raise AssertionError(
-                f"learn_kernel raised {exc.ename}: tape.watch(...) does not accept a Keras 3 "
-                "variable. Drop the watch call: the tape already watches trainable variables "
-                "(or watch conv.kernel.value)."
-            ) from None
-        raise
+def _load_helpers():
+    """checks/public/helpers.py, imported by path (check modules are not a package)."""
+    name = "convolutions_check_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name("helpers.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _load_helpers()
+
+LR, EPOCHS, KERNEL_SIZE = 3e-2, 10, (1, 2)
 
 
 def chapter_data():
@@ -35,51 +41,81 @@ def chapter_data():
 
 @pytest.fixture(scope="module")
 def chapter_fit(student):
-    """learn_kernel(X, Y) on the chapter's data: (kernel, losses) as arrays."""
+    """learn_kernel on the chapter's data: (kernel, losses, story of the run)."""
     X, Y = chapter_data()
-    result = call_learn_kernel(student, X, Y)
-    assert isinstance(result, (tuple, list)) and len(result) == 2, (
-        "learn_kernel(X, Y) must return a pair (kernel, losses)."
-    )
-    kernel, losses = result
     try:
-        kernel = np.asarray(kernel, dtype=np.float64)
-        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise AssertionError(
-            "learn_kernel must return an array kernel and a list of floats"
-        ) from None
-    return kernel, losses
+        result = helpers.call_learn_kernel(
+            student, X, Y, kernel_size=KERNEL_SIZE, lr=LR, num_epochs=EPOCHS
+        )
+    except MissingName:
+        raise CheckFailure(helpers.missing_learn_kernel(student)) from None
+    kernel, losses = helpers.fit_result(result, KERNEL_SIZE)
+    return kernel, losses, helpers.story(X, Y, kernel, losses, LR, KERNEL_SIZE)
+
+
+def named(story) -> str:
+    """The mistake a replay of the run found, as a clause, or ''."""
+    return f": {helpers.BOOKKEEPING[story]}" if story in helpers.BOOKKEEPING else ""
 
 
 @pytest.mark.points(1)
 def test_learns_the_edge_kernel(chapter_fit):
     """learn_kernel on the 6x8 image and its edges finds a kernel close to [[1, -1]]"""
-    kernel, _ = chapter_fit
-    if kernel.size == 2 and kernel.shape != (1, 2):
+    kernel, losses, story = chapter_fit
+    if kernel.size == 2 and kernel.shape != KERNEL_SIZE:
         raise AssertionError(
             f"the kernel has shape {kernel.shape}, expected kernel_size = (1, 2): reshape the "
             "Keras kernel of shape (1, 2, 1, 1)."
         )
-    assert kernel.shape == (1, 2), f"the kernel has shape {kernel.shape}, expected (1, 2)"
-    assert np.all(np.isfinite(kernel)), "the learned kernel contains NaN or infinite values"
+    assert kernel.shape == KERNEL_SIZE, f"the kernel has shape {kernel.shape}, expected (1, 2)"
+    if story in helpers.WRONG_TRAINING:
+        raise AssertionError(
+            f"after {EPOCHS} epochs at lr={LR:g} the kernel is {np.round(kernel, 3).tolist()}"
+            f"{named(story)}."
+        )
+    assert np.all(np.isfinite(kernel)), (
+        f"the learned kernel contains NaN or infinite values after {EPOCHS} epochs at "
+        f"lr={LR:g}{named(story) or ': the training diverged'}."
+    )
     assert np.abs(kernel - [[1.0, -1.0]]).max() < 0.2, (
-        f"after 10 epochs at lr=3e-2 the kernel is {np.round(kernel, 3).tolist()}, expected "
-        "within 0.2 of [[1, -1]]: is the gradient step applied to the kernel every epoch?"
+        f"after {EPOCHS} epochs at lr={LR:g} the kernel is {np.round(kernel, 3).tolist()}, "
+        "expected within 0.2 of [[1, -1]]"
+        + (
+            named(story)
+            or (
+                ": the training diverged, the losses grow (the losses check says why)"
+                if losses.size and not losses[-1] <= losses[0]
+                else ": is a gradient step applied to the kernel every epoch?"
+            )
+        )
     )
 
 
 @pytest.mark.points(1)
-def test_losses_decrease(chapter_fit):
+def test_losses_decrease(student, chapter_fit):
     """learn_kernel records 10 losses that go down"""
-    _, losses = chapter_fit
-    assert losses.size == 10, f"got {losses.size} losses, expected one per epoch (10)."
-    if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
+    kernel, losses, story = chapter_fit
+    assert losses.size == EPOCHS, (
+        f"num_epochs={EPOCHS} gave {losses.size} losses, expected one per epoch ({EPOCHS})."
+    )
+    if story == "ascent":
         raise AssertionError(
-            f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}): the update goes "
-            "uphill. Subtract lr * gradient from the kernel."
+            f"the losses increase (from {losses[0]:.4g} to {losses[-1]:.4g}) at lr={LR:g}: "
+            "the update goes uphill. The kernel must move against the gradient "
+            "(kernel - lr * gradient)."
         )
+    if story in ("mean", "mean-after"):
+        raise AssertionError(
+            f"the losses go from {losses[0]:.4g} to {losses[-1]:.4g} at lr={LR:g}{named(story)}."
+        )
+    if not np.all(np.isfinite(losses)) or losses[-1] > losses[0]:
+        X, Y = chapter_data()
+        raise AssertionError(helpers.growth_problem(student, X, Y, LR, losses, KERNEL_SIZE))
     assert losses[-1] < 0.5 * losses[0], (
-        f"the losses barely change (from {losses[0]:.4g} to {losses[-1]:.4g}): is the kernel "
-        "updated every epoch, and is each loss computed with the current kernel?"
+        f"the losses barely change at lr={LR:g} (from {losses[0]:.4g} to {losses[-1]:.4g})"
+        + (
+            named(story)
+            or ": is the kernel updated every epoch, and each loss computed with "
+            "the current kernel?"
+        )
     )
