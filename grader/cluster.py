@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from . import writers
+from . import seeding, writers
 from .assignment import Assignment
 from .errors import ConvgradeError, StaffError
 from .results import SubmissionResult
@@ -69,7 +69,8 @@ def worker_resources(assignment: Assignment) -> dict[str, float]:
 
 
 def pack_assignment(assignment: Assignment) -> bytes:
-    """The assignment folder as tar bytes, without its examples and its solution notebook."""
+    """The assignment folder as tar bytes (with its secret), without its examples and its
+    solution notebook."""
     root = assignment.root
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -80,10 +81,17 @@ def pack_assignment(assignment: Assignment) -> bytes:
             return None
         return info
 
+    # The hidden checks' key (grader/seeding.py) goes with them, wherever it is kept here:
+    # a worker that made its own would draw other hidden inputs than local grading.
+    secret = (seeding.assignment_secret(root).decode() + "\n").encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for child in sorted(root.iterdir()):
-            tar.add(child, arcname=child.name, filter=keep)
+            if child.name != seeding.SECRET_FILE:
+                tar.add(child, arcname=child.name, filter=keep)
+        info = tarfile.TarInfo(seeding.SECRET_FILE)
+        info.size, info.mode = len(secret), 0o600
+        tar.addfile(info, io.BytesIO(secret))
     data = buf.getvalue()
     if len(data) > MAX_ASSIGNMENT_MIB * 2**20:
         raise StaffError(
@@ -139,9 +147,9 @@ def grade_on_cluster(
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    from .batch import Progress, _fp, _with_fingerprint
+    from .batch import Progress, _fp, _with_fingerprint, _written
     from .cluster_worker import GradingWorkerPlugin, grade_task
-    from .grading import Prepared, finish
+    from .grading import grader_error
 
     results: dict[str, SubmissionResult] = {}
     todo: list[Submission] = []
@@ -159,7 +167,8 @@ def grade_on_cluster(
         if result.submission in results:  # a second answer for the same submission
             return
         result = _with_fingerprint(result, fps[result.submission])
-        writers.write_submission(out, result, executed, assignment.title)
+        # As local grading: if a file cannot be written, the row says so instead of vanishing.
+        result = _written(out, result, executed, assignment, checks)
         results[result.submission] = result
         if on_progress:
             on_progress(Progress(len(results), len(subs), result, False))
@@ -167,7 +176,7 @@ def grade_on_cluster(
     isolation = ""
 
     def failed(sub: Submission, why: str) -> SubmissionResult:
-        return finish(Prepared(sub, bug=why), assignment, checks, options, isolation)
+        return grader_error(sub, assignment, checks, isolation, why)
 
     if todo:
         resources = worker_resources(assignment)
@@ -352,7 +361,7 @@ def run_grade_command(args, address: str, out_stream, err_stream) -> int:
             subs,
             asg,
             checks,
-            GradeOptions(timeouts=timeouts),
+            GradeOptions(timeouts=timeouts, packages=asg.packages),  # as cli.cmd_grade
             out,
             memory,
             "off" if args.no_sandbox else "require",

@@ -148,14 +148,26 @@ class GradingWorkerPlugin(WorkerPlugin):
         return outcome
 
     def _finish(self, prep, run_checks) -> tuple[dict, str | None]:
+        """Checks, then the plain data to send back, under local grading's guard."""
+        import traceback
+        from dataclasses import replace
+
         import nbformat
 
-        from .grading import executed_notebook, finish
+        from .batch import _guarded
+        from .grading import executed_notebook
 
         asg, checks, options = self.assignment, self.checks, self.options
-        result = finish(prep, asg, checks, options, self.isolation, run_checks)
-        executed = executed_notebook(prep)
-        return result.to_dict(), (nbformat.writes(executed) if executed is not None else None)
+        # Files are the client's business (out=None): whatever happens, a result comes back.
+        result = _guarded(prep, asg, checks, options, self.isolation, None, run_checks)
+        try:
+            executed = executed_notebook(prep)
+            text = nbformat.writes(executed) if executed is not None else None
+        except Exception:  # the score stands without the staff's copy of the run notebook
+            text = None
+            note = "\nexecuted.ipynb was not written:\n" + traceback.format_exc()
+            result = replace(result, staff_details=result.staff_details + note)
+        return result.to_dict(), text
 
     def _check_loop(self) -> None:
         """This plugin's checks: one BatchPlugin pytest session at a time, in this thread."""

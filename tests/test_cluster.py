@@ -7,6 +7,7 @@ gets its address.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -86,10 +87,14 @@ def test_the_same_grades_as_local_grading_and_a_rerun_reuses(cluster, tmp_path):
     assert sorted(x.split("] ")[1] for x in lines) == sorted(
         x.split("] ")[1] for x in local[2].splitlines()[-8:]
     )
-    for sub in ("full_marks", "not_json"):
-        ours = json.loads((tmp_path / "remote" / sub / "result.json").read_text())
-        theirs = json.loads((tmp_path / "local" / sub / "result.json").read_text())
-        assert ours["fingerprint"] == theirs["fingerprint"]
+    for folder in (tmp_path / "local").iterdir():
+        if not folder.is_dir():
+            continue
+        ours = json.loads((tmp_path / "remote" / folder.name / "result.json").read_text())
+        theirs = json.loads((folder / "result.json").read_text())
+        # Every check's outcome and message: hidden inputs drawn with the same secret.
+        for key in ("tests", "errors", "questions", "answers", "status", "fingerprint"):
+            assert ours[key] == theirs[key], (folder.name, key)
         assert ours["execution"]["isolation"] == theirs["execution"]["isolation"]
     assert (tmp_path / "remote" / "full_marks" / "executed.ipynb").is_file()
 
@@ -239,6 +244,36 @@ def test_resources_no_worker_has_are_exit_2_not_a_wait_forever(
     assert code == 2
     assert "has no worker with {'TPU': 1.0}" in err
     assert "--resources TPU=1" in err
+
+
+@pytest.mark.parametrize("kept", ["in the folder", "in the config folder"])
+def test_the_assignment_travels_with_its_secret_and_without_its_solution(
+    tmp_path, mini_assignment, monkeypatch, kept
+):
+    import tarfile
+
+    from grader import seeding
+    from grader.assignment import load
+    from grader.cluster import pack_assignment
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    root = tmp_path / "mini"
+    shutil.copytree(mini_assignment, root, ignore=shutil.ignore_patterns("secret"))
+    if kept == "in the config folder":  # where a read-only assignment folder keeps it
+        tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+        fallback = seeding._fallback_dir() / f"{root.name}-{tag}"
+        fallback.parent.mkdir(parents=True)
+        fallback.write_text("c" * 64 + "\n")
+    secret = seeding.assignment_secret(root)
+    data = pack_assignment(load(root))
+    assert (root / "secret").is_file() == (kept == "in the folder")
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(unpacked, filter="data")
+    assert seeding.assignment_secret(unpacked) == secret
+    assert (unpacked / "checks" / "hidden").is_dir()
+    assert not (unpacked / "source.ipynb").exists()
+    assert not (unpacked / "examples").exists()
 
 
 def test_a_bad_resources_table_is_a_staff_error(tmp_path, mini_assignment):
