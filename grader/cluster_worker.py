@@ -116,11 +116,16 @@ class GradingWorkerPlugin(WorkerPlugin):
         self.checker.start()
 
     def teardown(self, worker) -> None:
-        self.requests.put(None)
-        self.checker.join(timeout=30)
-        self.launcher.close()
-        os.close(self._slot_lock_fd)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        # Also after a setup that failed half-way: undo what it did.
+        if hasattr(self, "checker"):
+            self.requests.put(None)
+            self.checker.join(timeout=30)
+        if hasattr(self, "launcher"):
+            self.launcher.close()
+        if hasattr(self, "_slot_lock_fd"):
+            os.close(self._slot_lock_fd)
+        if hasattr(self, "tmp"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- grading -----------------------------------------------------------------------------
     def grade(self, task: Task) -> tuple[dict, str | None]:

@@ -288,6 +288,31 @@ def test_the_assignment_travels_with_its_secret_and_without_its_solution(
     assert not (unpacked / "examples").exists()
 
 
+def test_a_worker_that_cannot_set_up_grading_is_exit_2_with_its_reason(
+    cluster, tmp_path, mini_assignment
+):
+    """Setup fails the same way for a missing sandbox; here, another convgrade version."""
+    from grader.assignment import load
+    from grader.cluster import _register, pack_assignment
+    from grader.cluster_worker import GradingWorkerPlugin
+    from grader.errors import StaffError
+    from grader.grading import GradeOptions
+
+    lc, client = cluster
+    asg = load(mini_assignment)
+    plugin = GradingWorkerPlugin(
+        "convgrade-test-version", asg.root.name, pack_assignment(asg), [], GradeOptions(),
+        512, "require", version="0.0.0-elsewhere",
+    )  # fmt: skip
+    try:
+        with pytest.raises(StaffError, match=r"could not set up grading: .*the client 0\.0\.0"):
+            _register(client, plugin, "convgrade-test-version", lc.scheduler_address, {})
+    finally:
+        client.unregister_worker_plugin("convgrade-test-version")
+    names = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert all("convgrade-test-version" not in n for n in names.values())
+
+
 def test_a_bad_resources_table_is_a_staff_error(tmp_path, mini_assignment):
     from grader.assignment import load
     from grader.cluster import worker_resources
