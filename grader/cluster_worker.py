@@ -90,7 +90,8 @@ class GradingWorkerPlugin(WorkerPlugin):
         from .assignment import load
         from .launcher import Launcher, WorkerLimits
 
-        self.tmp = Path(tempfile.mkdtemp(prefix="convgrade-cluster-"))
+        _remove_orphans()
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         os.chmod(self.tmp, 0o700)
         root = self.tmp / self.assignment_name
         with tarfile.open(fileobj=io.BytesIO(self.assignment_tar)) as tar:
@@ -219,6 +220,27 @@ class GradingWorkerPlugin(WorkerPlugin):
             reply.put(self._finish(prep, run_checks))
         except BaseException as exc:
             reply.put(exc)
+
+
+TMP_PREFIX = "convgrade-cluster-"
+
+
+def _remove_orphans() -> None:
+    """Remove the assignment copies of Dask workers that died without their teardown.
+
+    A killed Dask worker (SIGKILL, a lost node that came back) cannot clean up; its folder,
+    hidden checks and secret included, is named after its pid and removed here.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*-*"):
+        pid = folder.name[len(TMP_PREFIX) :].split("-")[0]
+        if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 # pytest is not thread-safe, and one Dask worker may hold plugins of several assignments

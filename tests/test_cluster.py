@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -139,6 +140,8 @@ def test_a_worker_killed_mid_batch_still_gives_every_row(cluster, tmp_path, mini
     code, stdout, _ = done["result"]
     assert code == 0, stdout
     assert victim not in client.run(os.getpid).values()  # it really died (and was replaced)
+    # Its copy of the assignment (hidden checks, secret) went with its replacement's setup.
+    assert not list(Path(tempfile.gettempdir()).glob(f"convgrade-cluster-{victim}-*"))
     rows = _rows(out)
     assert sorted(r["submission"] for r in rows) == sorted(p.stem for p in subs.iterdir())
     for row in rows:
