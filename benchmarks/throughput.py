@@ -6,6 +6,8 @@ noise hits both; the figures printed are medians over ``--repeats`` runs and the
     python benchmarks/throughput.py                 # 40 submissions, 3 repeats
     python benchmarks/throughput.py --n 200 --repeats 1 --no-baseline   # scaling
     python benchmarks/throughput.py --check         # `convgrade check` vs one nbconvert
+    python benchmarks/throughput.py --cluster       # --cluster on a 2-worker LocalCluster
+                                                    # against local --jobs 2
 
 The batch is a realistic mix built from the assignment's examples (full marks, typical
 mistakes, a notebook that raises half-way), each copy made unique so nothing is reused.
@@ -176,6 +178,50 @@ def _fmt_mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
+def compare_cluster(tmp: Path, n: int, repeats: int, threads: int = 1) -> None:
+    """Local ``--jobs 2`` against ``--cluster`` on a 2-worker LocalCluster, alternating.
+
+    The cluster is started here, outside convgrade, once (as a course would keep one
+    running); each convgrade run still starts its own zygote on every Dask worker, as each
+    local run starts its own zygote.
+    """
+    from distributed import LocalCluster  # pip install convgrade[cluster]
+
+    build_batch(tmp / "batch", n)
+    grade = ["grade", str(tmp / "batch"), "--out", str(tmp / "out"), "--force", "-q"]
+    local, remote = [], []
+    with LocalCluster(
+        n_workers=2, threads_per_worker=threads, processes=True, dashboard_address=":0"
+    ) as cluster:
+        for r in range(repeats):
+            t, _, _ = run_convgrade([*grade, "--jobs", "2"])
+            local.append(t)
+            print(f"run {r + 1}: convgrade --jobs 2 {t:.1f} s", flush=True)
+            t, _, _ = run_convgrade([*grade, "--cluster", cluster.scheduler_address])
+            remote.append(t)
+            print(f"run {r + 1}: convgrade --cluster (2 Dask workers x {threads} thread) {t:.1f} s")
+        # Memory, from one more untimed run of each: for the cluster, this process's whole
+        # tree (the scheduler in here, the Dask workers, their zygotes and sandboxed workers,
+        # and the convgrade client).
+        _, local_pss, _ = run_convgrade([*grade, "--jobs", "2"], sample_memory=True)
+        tree = PeakMemory(os.getpid())
+        run_convgrade([*grade, "--cluster", cluster.scheduler_address])
+        tree.stop()
+    ml, mr = statistics.median(local), statistics.median(remote)
+    print()
+    print(f"submissions: {n}; repeats: {repeats}")
+    print(f"local --jobs 2: median {ml:.1f} s  {[f'{x:.1f}' for x in local]}")
+    print(
+        f"--cluster, 2-worker LocalCluster, {threads} thread(s) each: median {mr:.1f} s  "
+        f"{[f'{x:.1f}' for x in remote]}"
+    )
+    print(f"ratio cluster / local: {mr / ml:.2f} (goal: <= 1.30)")
+    print(
+        f"peak PSS (untimed runs): local {_fmt_mib(local_pss)}; cluster, scheduler and "
+        f"client included {_fmt_mib(tree.peak_pss)} (RSS sum {_fmt_mib(tree.peak_rss)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=40, help="submissions in the batch")
@@ -192,7 +238,23 @@ def main() -> None:
         action="store_true",
         help="also time convgrade --fresh-workers (no pre-warmed zygote)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="compare --cluster on a 2-worker Dask LocalCluster with local --jobs 2",
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="with --cluster: Dask threads per worker (notebooks run in parallel, checks not)",
+    )
     opts = parser.parse_args()
+    if opts.cluster:
+        with tempfile.TemporaryDirectory(prefix="convgrade-bench-") as tmp:
+            print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+            compare_cluster(Path(tmp), opts.n, opts.repeats, opts.threads_per_worker)
+        return
     if not opts.no_baseline and shutil.which("jupyter") is None:
         sys.exit(
             "the baseline needs `jupyter nbconvert` and ipykernel: pip install nbconvert ipykernel"

@@ -94,6 +94,11 @@ def cmd_grade(args, out_stream, err_stream) -> int:
     from .launcher import Launcher, WorkerLimits
     from .sandboxing import NO_SANDBOX_FLAG
 
+    # --cluster, else $DASK_SCHEDULER_ADDRESS: grade on Dask (grader/cluster.py).
+    if address := args.cluster or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        from .cluster import run_grade_command
+
+        return run_grade_command(args, address, out_stream, err_stream)
     started = time.monotonic()
     asg = assignment_mod.load(args.assignment)
     timeouts, memory = options.grading_limits(asg.limits, **vars(args))
@@ -249,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fresh_workers",
         "quiet",
         "no_sandbox",
+        "cluster",
     )
     g.set_defaults(handler=cmd_grade)
 

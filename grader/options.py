@@ -140,6 +140,14 @@ OPTIONS: dict[str, Option] = {
             default=False,
         ),
         Option(
+            ("--cluster",),
+            "cluster",
+            "grade on the Dask scheduler at ADDRESS (e.g. tcp://host:8786; needs "
+            "`pip install convgrade[cluster]`). Without it, $DASK_SCHEDULER_ADDRESS is used "
+            "when set; else grading is local",
+            metavar="ADDRESS",
+        ),
+        Option(
             ("--out", "-o"),
             "release_out",
             "folder for the student notebook and the student zip",
