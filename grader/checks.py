@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 
 from .proxy import (
@@ -20,6 +26,7 @@ __all__ = [
     "StudentCodeRaised",
     "WorkerGone",
     "as_array",
+    "load_helpers",
     "expect_close",
     "expect_shape",
 ]
@@ -59,3 +66,26 @@ def expect_close(got, want, what: str, atol: float = 1e-4, rtol: float = 1e-4) -
             f"({int(bad.sum())} of {bad.size} entries differ)"
         )
     return arr
+
+
+def load_helpers(check_file: str, name: str = "helpers") -> ModuleType:
+    """The assignment's shared check helpers, ``checks/public/<name>.py``, for a check file.
+
+    Public and hidden checks alike call ``load_helpers(__file__)``: check files are not a
+    package, so the helpers are loaded by path, once per path (the public folder ships to
+    students, so its helpers must hold nothing hidden).
+    """
+    path = Path(check_file).resolve().parent.parent / "public" / f"{name}.py"
+    key = "convgrade_check_helpers_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise FileNotFoundError(f"no shared check helpers at {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]

@@ -117,7 +117,7 @@ def assignment_secret(root: Path) -> bytes:
 def _read(path: Path) -> bytes:
     try:
         text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+    except (PermissionError, UnicodeDecodeError) as exc:
         raise StaffError(
             f"cannot read the assignment's secret {path} ({exc}). It belongs to whoever "
             "grades this assignment: read it as that user, or give this user a copy of the "

@@ -12,30 +12,13 @@ running in the notebook's process, so they count only where they agree with thos
 differences.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from grader.checks import CheckFailure, NotPlainData, StudentCodeRaised
+from grader.checks import CheckFailure, NotPlainData, StudentCodeRaised, load_helpers
 from reference import answers as answer_key
 
-
-def _load_helpers():
-    """checks/public/helpers.py, imported by path (check modules are not a package)."""
-    name = "convolutions_check_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "public" / "helpers.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _load_helpers()
+helpers = load_helpers(__file__)
 
 
 def ref(X, K):

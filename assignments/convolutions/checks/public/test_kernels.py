@@ -1,26 +1,11 @@
 """Public checks of Exercise 4 (kernels): the examples stated in the notebook."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from grader.checks import load_helpers
 
-def _load_helpers():
-    """checks/public/helpers.py, imported by path (check modules are not a package)."""
-    name = "convolutions_check_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name("helpers.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _load_helpers()
+helpers = load_helpers(__file__)
 
 
 def apply(kernel, samples):

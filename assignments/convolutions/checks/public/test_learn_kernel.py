@@ -5,29 +5,12 @@ training is the slowest thing these checks ask of a notebook. The run passes eve
 by name, so the signature is checked too, and messages name the lr that actually ran.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from grader.checks import CheckFailure, MissingName
+from grader.checks import CheckFailure, MissingName, load_helpers
 
-
-def _load_helpers():
-    """checks/public/helpers.py, imported by path (check modules are not a package)."""
-    name = "convolutions_check_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name("helpers.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _load_helpers()
+helpers = load_helpers(__file__)
 
 LR, EPOCHS, KERNEL_SIZE = 3e-2, 10, (1, 2)
 
