@@ -489,3 +489,25 @@ def test_a_submission_that_keeps_killing_workers_is_a_grader_error(tmp_path, min
         record = json.loads((out / row["submission"] / "result.json").read_text())
         assert "killed a Dask worker every time" in record["staff_details"]
         assert "course staff can see why" in record["errors"][0]
+
+
+def test_the_assignment_tar_is_unpacked_without_extraction_filters(tmp_path):
+    """Python before 3.11.4 has no tarfile filters: members are checked by hand."""
+    import tarfile as tarfile_mod
+
+    from grader.cluster_worker import _extract
+
+    def tar_with(name: str, data: bytes = b"x") -> tarfile_mod.TarFile:
+        buf = io.BytesIO()
+        with tarfile_mod.open(fileobj=buf, mode="w") as tar:
+            info = tarfile_mod.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        buf.seek(0)
+        return tarfile_mod.open(fileobj=buf)
+
+    _extract(tar_with("asg/checks/public/test_a.py", b"ok"), tmp_path / "a")
+    assert (tmp_path / "a" / "asg/checks/public/test_a.py").read_bytes() == b"ok"
+    with pytest.raises(ValueError, match=r"refused assignment member '\.\./escape'"):
+        _extract(tar_with("../escape"), tmp_path / "b")
+    assert not (tmp_path / "escape").exists()
