@@ -92,7 +92,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
     # it first, and import the grading machinery while it runs.
     from . import assignment as assignment_mod
     from .launcher import Launcher, WorkerLimits
-    from .sandboxing import NO_SANDBOX_FLAG
+    from .sandboxing import UNSANDBOXED_WARNING
 
     # --cluster, else $DASK_SCHEDULER_ADDRESS: grade on Dask (grader/cluster.py).
     if address := args.cluster or os.environ.get("DASK_SCHEDULER_ADDRESS"):
@@ -116,20 +116,13 @@ def cmd_grade(args, out_stream, err_stream) -> int:
         from .batch import grade_batch
         from .grading import GradeOptions
         from .plugin import collect_checks
-        from .submissions import collect
+        from .submissions import collect_to_grade
 
         with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
-            subs = collect([Path(p) for p in args.paths], Path(tmp))
-            if not subs:
-                raise StaffError(
-                    f"no notebooks (*.ipynb) found in {' '.join(args.paths)}; nothing to grade."
-                )
+            subs = collect_to_grade(args.paths, Path(tmp))
             checks = collect_checks(asg)
             if not launcher.isolation.sandboxed:
-                err_stream.write(
-                    "convgrade: warning: notebooks run WITHOUT a sandbox "
-                    f"({NO_SANDBOX_FLAG}): only for notebooks you trust\n"
-                )
+                err_stream.write(UNSANDBOXED_WARNING)
             results = grade_batch(
                 subs,
                 asg,

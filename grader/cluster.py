@@ -326,8 +326,8 @@ def run_grade_command(args, address: str, out_stream, err_stream) -> int:
     from .cli import Reporter, _summary
     from .grading import GradeOptions
     from .plugin import collect_checks
-    from .sandboxing import NO_SANDBOX_FLAG
-    from .submissions import collect
+    from .sandboxing import UNSANDBOXED_WARNING
+    from .submissions import collect_to_grade
 
     started = time.monotonic()
     try:
@@ -344,17 +344,10 @@ def run_grade_command(args, address: str, out_stream, err_stream) -> int:
 
     def warn(isolation: str) -> None:
         if not isolation.startswith("sandboxed"):
-            err_stream.write(
-                "convgrade: warning: notebooks run WITHOUT a sandbox "
-                f"({NO_SANDBOX_FLAG}): only for notebooks you trust\n"
-            )
+            err_stream.write(UNSANDBOXED_WARNING)
 
     with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
-        subs = collect([Path(p) for p in args.paths], Path(tmp))
-        if not subs:
-            raise StaffError(
-                f"no notebooks (*.ipynb) found in {' '.join(args.paths)}; nothing to grade."
-            )
+        subs = collect_to_grade(args.paths, Path(tmp))
         checks = collect_checks(asg)
         results = grade_on_cluster(
             address,

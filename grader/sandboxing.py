@@ -38,6 +38,10 @@ SYSTEM_DIRS = ("/usr", "/etc")
 # assignments): never visible to student code, wherever a copy of them lies.
 OUR_TOP_LEVEL = ("grader", "reference", "convgrade_assignments")
 NO_SANDBOX_FLAG = "--no-sandbox"
+UNSANDBOXED_WARNING = (
+    f"convgrade: warning: notebooks run WITHOUT a sandbox ({NO_SANDBOX_FLAG}): "
+    "only for notebooks you trust\n"
+)
 
 
 class SandboxUnavailable(StaffError):

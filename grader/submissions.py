@@ -175,6 +175,18 @@ def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
     return found
 
 
+def collect_to_grade(paths: list[str], extract_to: Path) -> list[Submission]:
+    """:func:`collect` for ``convgrade grade``: finding no notebook at all is a staff error.
+
+    Raises:
+        StaffError: a PATH is missing, or none of them holds a notebook.
+    """
+    subs = collect([Path(p) for p in paths], extract_to)
+    if not subs:
+        raise StaffError(f"no notebooks (*.ipynb) found in {' '.join(paths)}; nothing to grade.")
+    return subs
+
+
 def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     """Resolve PATHs to submissions, sorted by id; duplicate ids get ``-2``, ``-3``...
 
