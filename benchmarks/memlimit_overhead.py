@@ -26,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grader import memlimit, memwatch  # noqa: E402
-from grader.launcher import Launcher, WorkerLimits  # noqa: E402
+from grader import memwatch  # noqa: E402
+from grader.sandbox import memlimit
+from grader.sandbox.launcher import Launcher, WorkerLimits  # noqa: E402
 
 
 def _median_us(samples: list[float]) -> str:

@@ -1,9 +1,9 @@
 """convgrade: grade notebooks for the "Convolutions for Images" chapter.
 
-Student code runs in sandboxed worker processes (:mod:`grader.launcher`); the assignment's
-pytest checks run here, in the trusted process, and reach student code only through the
-``student`` fixture (:mod:`grader.proxy`). Entry points: :mod:`grader.cli` (the ``convgrade``
-command) and :func:`grader.api.grade_notebook`.
+Student code runs in sandboxed worker processes (:mod:`grader.sandbox.launcher`); the
+assignment's pytest checks run here, in the trusted process, and reach student code only
+through the ``student`` fixture (:mod:`grader.engine.proxy`). Entry points:
+:mod:`grader.commands.cli` (the ``convgrade`` command) and :func:`grader.api.grade_notebook`.
 """
 
 import os

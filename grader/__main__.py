@@ -1,3 +1,3 @@
-from .cli import main
+from grader.commands.cli import main
 
 main()

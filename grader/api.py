@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import assignment as assignment_mod
-from .grading import GradeOptions, executed_notebook, finish, prepare
-from .launcher import Launcher, SandboxPolicy, WorkerLimits
-from .options import grading_limits
-from .plugin import collect_checks
-from .results import SubmissionResult
-from .submissions import Submission
+from grader.authoring import assignment as assignment_mod
+from grader.commands.options import grading_limits
+from grader.engine.grading import GradeOptions, executed_notebook, finish, prepare
+from grader.engine.pytest_plugin import collect_checks
+from grader.engine.submissions import Submission
+from grader.outputs.results import SubmissionResult
+from grader.sandbox.launcher import Launcher, SandboxPolicy, WorkerLimits
 
 
 def grade_notebook(
@@ -36,7 +36,7 @@ def grade_notebook(
             and closed otherwise.
         return_executed: also return the executed notebook, as ``(result, notebook)``.
         sandbox: where no sandbox can be made, ``"require"`` refuses
-            (:class:`~grader.sandboxing.SandboxUnavailable`), ``"prefer"`` runs the notebook
+            (:class:`~grader.sandbox.bubblewrap.SandboxUnavailable`), ``"prefer"`` runs the notebook
             unconfined (a student's own notebook on their own machine), ``"off"`` never
             sandboxes. Ignored when ``launcher`` is given.
     """

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .proxy import (
+from grader.engine.proxy import (
     CheckFailure,
     MissingName,
     NotPlainData,

@@ -1,7 +1,7 @@
 """A scripted stand-in for a worker, for the trusted side's tests: no sandbox, no TensorFlow.
 
-The grader's end is a real :class:`grader.client.WorkerProcess` on one end of a socketpair;
-the other end is served by a thread that runs a *script* (a function of the
+The grader's end is a real :class:`grader.engine.worker_process.WorkerProcess` on one end of
+a socketpair; the other end is served by a thread that runs a *script* (a function of the
 :class:`FakeWorker`), which can answer honestly or do what a hostile notebook would do to
 the channel: drip a frame, flood, forge a reply. Signals go to a real helper process that
 ignores SIGINT, so a test can see whether the grader interrupted and then killed.
@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from grader.client import WorkerProcess
+from grader.engine.worker_process import WorkerProcess
 from grader.worker import protocol
 
 # Ignores SIGINT as a stubborn student loop would; only SIGKILL ends it.

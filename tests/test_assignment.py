@@ -19,7 +19,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from grader.stubs import make_student_notebook
+from grader.authoring.stubs import make_student_notebook
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -180,7 +180,7 @@ def test_student_notebook_is_generated_from_source():
     generated = nbformat.writes(make_student_notebook(load_source()))
     assert committed.strip() == generated.strip(), (
         "assignments/convolutions/student.ipynb is stale: run "
-        "python -m grader.stubs assignments/convolutions/source.ipynb "
+        "python -m grader.authoring.stubs assignments/convolutions/source.ipynb "
         "assignments/convolutions/student.ipynb"
     )
 
@@ -395,8 +395,8 @@ def test_probe_corr_gradient(probes):
 def graded():
     """Grade every fixture, example and the source notebook once; stem -> SubmissionResult."""
     from grader.api import grade_notebook
-    from grader.assignment import load
-    from grader.launcher import Launcher
+    from grader.authoring.assignment import load
+    from grader.sandbox.launcher import Launcher
 
     paths = [ASSIGNMENT / "source.ipynb", ASSIGNMENT / "student.ipynb"]
     paths += sorted(MISTAKES.glob("*.ipynb")) + sorted((ASSIGNMENT / "examples").glob("*.ipynb"))
@@ -496,9 +496,9 @@ def test_the_chapters_keras3_watch_error_gets_a_plain_sentence_first(graded):
 
 
 def test_a_hint_needs_its_exception_name_and_pattern():
-    from grader.assignment import Hint
-    from grader.grading import _cell_errors
-    from grader.results import CellRecord
+    from grader.authoring.assignment import Hint
+    from grader.engine.grading import _cell_errors
+    from grader.outputs.results import CellRecord
 
     class Session:
         records = [
@@ -518,7 +518,7 @@ def test_a_hint_needs_its_exception_name_and_pattern():
 def test_a_malformed_hint_is_a_staff_error(tmp_path, mini_assignment):
     import shutil
 
-    from grader.assignment import load
+    from grader.authoring.assignment import load
     from grader.errors import StaffError
 
     folder = tmp_path / "a"

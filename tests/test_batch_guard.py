@@ -19,15 +19,15 @@ import pytest
 from fakeworker import FakeLauncher, cell_reply
 from nbformat.v4 import new_code_cell, new_notebook
 
-import grader.batch
-from grader import assignment as assignment_mod
-from grader import writers
-from grader.batch import grade_batch
-from grader.grading import GradeOptions
-from grader.launcher import Isolation
-from grader.plugin import collect_checks
-from grader.session import Timeouts
-from grader.submissions import Submission
+import grader.engine.batch
+from grader.authoring import assignment as assignment_mod
+from grader.engine.batch import grade_batch
+from grader.engine.grading import GradeOptions
+from grader.engine.pytest_plugin import collect_checks
+from grader.engine.session import Timeouts
+from grader.engine.submissions import Submission
+from grader.outputs import writers
+from grader.sandbox.launcher import Isolation
 from grader.worker.serve import Server
 
 CORR2D = """import numpy as np
@@ -159,14 +159,14 @@ def test_a_forged_array_in_an_output_costs_that_cell_only(tmp_path, mini, jobs):
 def test_our_own_failure_on_one_submission_is_its_grader_error_row(
     tmp_path, mini, jobs, monkeypatch
 ):
-    real_finish = grader.batch.finish
+    real_finish = grader.engine.batch.finish
 
     def finish(prep, *args, **kwargs):
         if prep.submission.id == "victim":
             raise RuntimeError("a bug in the trusted side")
         return real_finish(prep, *args, **kwargs)
 
-    monkeypatch.setattr(grader.batch, "finish", finish)
+    monkeypatch.setattr(grader.engine.batch, "finish", finish)
     notebooks = {"good": (CORR2D, SCALE), "victim": (CORR2D, SCALE)}
 
     results, rows, out = grade(tmp_path, mini, notebooks, jobs)
@@ -184,7 +184,7 @@ def test_a_failing_executed_notebook_keeps_the_score(tmp_path, mini, monkeypatch
     def broken(prep):
         raise ValueError("cannot build the notebook")
 
-    monkeypatch.setattr(grader.batch, "executed_notebook", broken)
+    monkeypatch.setattr(grader.engine.batch, "executed_notebook", broken)
 
     results, rows, out = grade(tmp_path, mini, {"good": (CORR2D, SCALE)}, 1)
 

@@ -2,7 +2,7 @@
 
 The kernel's cgroup files cannot be made in a temporary directory, so the cgroup tests use a
 fake tree: plain directories and files laid out like ``/sys/fs/cgroup``, described to
-:func:`grader.cgroup.find_layout` by mountinfo and ``/proc/self/cgroup`` text. Processes,
+:func:`grader.sandbox.cgroup.find_layout` by mountinfo and ``/proc/self/cgroup`` text. Processes,
 pidfds and ``/proc`` are real. The real kernel is exercised by ``test_memlimit_e2e.py``.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import cgroup, memlimit, memwatch
+from grader.sandbox import cgroup, memlimit, memwatch
 
 MIB = 1024 * 1024
 

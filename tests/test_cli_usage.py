@@ -1,6 +1,6 @@
 """`convgrade` usage: help, and every usage or assignment mistake stops with exit code 2.
 
-All of these run ``grader.cli.run`` in-process and must fail before any grading starts: the
+All of these run ``grader.commands.cli.run`` in-process and must fail before any grading starts: the
 ``no_grading`` fixture makes starting a worker or a batch an error.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import grader.batch
-import grader.launcher
+import grader.engine.batch
+import grader.sandbox.launcher
 from grader import __version__
-from grader.assignment import bundled_names
-from grader.cli import run
+from grader.authoring.assignment import bundled_names
+from grader.commands.cli import run
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -50,9 +50,9 @@ def no_grading(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("grading started although the command line was wrong")
 
-    monkeypatch.setattr(grader.launcher.Launcher, "start", lambda self, wait=True: None)
-    monkeypatch.setattr(grader.launcher.Launcher, "spawn", forbidden)
-    monkeypatch.setattr(grader.batch, "grade_batch", forbidden)
+    monkeypatch.setattr(grader.sandbox.launcher.Launcher, "start", lambda self, wait=True: None)
+    monkeypatch.setattr(grader.sandbox.launcher.Launcher, "spawn", forbidden)
+    monkeypatch.setattr(grader.engine.batch, "grade_batch", forbidden)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.cli import run
+from grader.commands.cli import run
 
 distributed = pytest.importorskip("distributed", reason="needs pip install convgrade[cluster]")
 
@@ -243,9 +243,9 @@ def test_tasks_go_only_to_workers_with_the_resources_asked_for(cluster, tmp_path
 def test_resources_no_worker_has_are_exit_2_not_a_wait_forever(
     cluster, tmp_path, mini_assignment, monkeypatch
 ):
-    import grader.cluster
+    import grader.cluster.dask_client
 
-    monkeypatch.setattr(grader.cluster, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(grader.cluster.dask_client, "CONNECT_TIMEOUT_S", 2)
     lc, _ = cluster
     assignment = tmp_path / "mini"
     shutil.copytree(mini_assignment, assignment)
@@ -267,10 +267,10 @@ def test_the_assignment_travels_with_its_secret_and_without_its_solution(
 ):
     import tarfile
 
-    from grader import seeding
-    from grader.assignment import load
-    from grader.cluster import pack_assignment
-    from grader.cluster_worker import _extract
+    from grader.authoring.assignment import load
+    from grader.cluster.dask_client import pack_assignment
+    from grader.cluster.dask_worker import _extract
+    from grader.engine import seeding
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     root = tmp_path / "mini"
@@ -296,11 +296,11 @@ def test_a_worker_that_cannot_set_up_grading_is_exit_2_with_its_reason(
     cluster, tmp_path, mini_assignment
 ):
     """Setup fails the same way for a missing sandbox; here, another convgrade version."""
-    from grader.assignment import load
-    from grader.cluster import _register, pack_assignment
-    from grader.cluster_worker import GradingWorkerPlugin
+    from grader.authoring.assignment import load
+    from grader.cluster.dask_client import _register, pack_assignment
+    from grader.cluster.dask_worker import GradingWorkerPlugin
+    from grader.engine.grading import GradeOptions
     from grader.errors import StaffError
-    from grader.grading import GradeOptions
 
     lc, client = cluster
     asg = load(mini_assignment)
@@ -318,8 +318,8 @@ def test_a_worker_that_cannot_set_up_grading_is_exit_2_with_its_reason(
 
 
 def test_a_bad_resources_table_is_a_staff_error(tmp_path, mini_assignment):
-    from grader.assignment import load
-    from grader.cluster import worker_resources
+    from grader.authoring.assignment import load
+    from grader.cluster.dask_client import worker_resources
     from grader.errors import StaffError
 
     assignment = tmp_path / "mini"
@@ -334,9 +334,9 @@ def test_a_bad_resources_table_is_a_staff_error(tmp_path, mini_assignment):
 def test_no_scheduler_at_the_address_is_exit_2_with_the_fix(
     tmp_path, mini_assignment, monkeypatch, how
 ):
-    import grader.cluster
+    import grader.cluster.dask_client
 
-    monkeypatch.setattr(grader.cluster, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(grader.cluster.dask_client, "CONNECT_TIMEOUT_S", 2)
     sub = tmp_path / "good.ipynb"
     shutil.copy(mini_assignment / "examples" / "good.ipynb", sub)
     extra = ["--cluster", "tcp://127.0.0.1:9"]
@@ -496,7 +496,7 @@ def test_the_assignment_tar_is_unpacked_without_extraction_filters(tmp_path):
     """Python before 3.11.4 has no tarfile filters: members are checked by hand."""
     import tarfile as tarfile_mod
 
-    from grader.cluster_worker import _extract
+    from grader.cluster.dask_worker import _extract
 
     def tar_with(name: str, data: bytes = b"x") -> tarfile_mod.TarFile:
         buf = io.BytesIO()

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from grader.cli import run
+from grader.commands.cli import run
 
 pytestmark = pytest.mark.slow
 
@@ -449,7 +449,7 @@ def test_hidden_paths_inside_the_python_installation_are_masked():
     """A non-editable install puts `reference` and checks inside site-packages: mask them."""
     import numpy
 
-    from grader.launcher import Launcher
+    from grader.sandbox.launcher import Launcher
 
     hidden_dir = Path(numpy.__file__).parent / "tests"
     hidden_file = Path(numpy.__file__).parent / "conftest.py"
@@ -478,13 +478,13 @@ def test_a_grading_process_that_dies_loses_no_row(
     It dies holding a submission it took: that one gets a grader_error row, and the other
     process grades everything else (the processes share one queue).
     """
-    import grader.batch
+    import grader.engine.batch
 
     subs = tmp_path / "subs"
     subs.mkdir()
     for i in range(4):
         shutil.copy(engine_notebooks / "good.ipynb", subs / f"s{i}.ipynb")
-    original = grader.batch._grade_here
+    original = grader.engine.batch._grade_here
 
     def dying(next_sub, *args):
         if args[6] == 4:  # slot_base of the second grading process (forked: patch inherited)
@@ -494,7 +494,7 @@ def test_a_grading_process_that_dies_loses_no_row(
             time.sleep(1.0)  # let the other process take its submission first
         return original(next_sub, *args)
 
-    monkeypatch.setattr(grader.batch, "_grade_here", dying)
+    monkeypatch.setattr(grader.engine.batch, "_grade_here", dying)
     out = tmp_path / "out"
     code = run(
         ["grade", str(subs), "-a", str(mini_assignment), "--out", str(out), "-q", "--jobs", "2"],
@@ -518,7 +518,7 @@ def test_a_grading_process_that_dies_loses_no_row(
 def test_a_worker_nobody_can_reach_is_refused_and_the_zygote_carries_on():
     """The grader's end of a new worker's channel is gone before the zygote hands over the
     worker: that one start fails with a reason, the next one works."""
-    from grader.launcher import Launcher
+    from grader.sandbox.launcher import Launcher
 
     launcher = Launcher(preload=("numpy",))
     try:

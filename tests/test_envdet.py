@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from grader import assignment as assignment_mod
-from grader import seeding
-from grader.answers import free_text_answers
+from grader.authoring import assignment as assignment_mod
+from grader.authoring.release import leaks, release_members, student_notebook
+from grader.engine import seeding
+from grader.engine.notebook import load_submission
+from grader.engine.proxy import StudentCodeRaised
+from grader.engine.pytest_plugin import _hidden_message, _message, student_line
+from grader.engine.static_imports import HELPER_PREFIX, PREFIX, cell_imports, environment_problems
 from grader.errors import StaffError
-from grader.imports import HELPER_PREFIX, PREFIX, cell_imports, environment_problems
-from grader.notebook import load_submission
-from grader.plugin import _hidden_message, _message, student_line
-from grader.proxy import StudentCodeRaised
-from grader.release import leaks, release_members, student_notebook
+from grader.outputs.manual_answers import free_text_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVDET = ROOT / "tests" / "fixtures" / "envdet"
@@ -189,7 +189,7 @@ def test_student_text_quoted_inside_a_checks_own_message_is_cut_too():
 
 
 def test_a_long_class_name_reported_by_the_worker_is_cut():
-    from grader.proxy import NotPlainData
+    from grader.engine.proxy import NotPlainData
 
     exc = NotPlainData(f"`corr2d(...)` is not an array or number (it is {PAYLOAD[:300]})")
     message = _message(_Info(exc), "hidden")
@@ -385,7 +385,7 @@ def test_the_gradescope_autograder_carries_the_secret(tmp_path):
     would make a new one and draw other hidden inputs."""
     import zipfile
 
-    from grader.gradescope import build_autograder
+    from grader.commands.gradescope import build_autograder
 
     asg = tmp_path / "mini"
     shutil.copytree(

@@ -18,8 +18,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from grader import seeding
-from grader.cli import run
+from grader.commands.cli import run
+from grader.engine import seeding
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from grader import gradescope
+from grader.commands import gradescope
+from grader.commands.gradescope import build_autograder
 from grader.errors import StaffError
-from grader.gradescope import build_autograder
 
 GRADESCOPE_VISIBILITY = {"hidden", "after_due_date", "after_published", "visible"}
 
@@ -57,7 +57,7 @@ def test_zip_holds_scripts_project_and_every_check(autograder_zip, mini_assignme
         "convgrade/pyproject.toml",
         "convgrade/README.md",
         "convgrade/grader/__init__.py",
-        "convgrade/grader/gradescope.py",
+        "convgrade/grader/commands/gradescope.py",
         "convgrade/grader/worker/zygote.py",
         "convgrade/reference/__init__.py",
         "assignment/assignment.toml",
@@ -99,7 +99,7 @@ def test_scripts_call_the_bundled_grader(autograder_zip):
         run = zf.read("run_autograder").decode()
         setup = zf.read("setup.sh").decode()
     assert run.startswith("#!/usr/bin/env bash")
-    assert 'python3 -m grader.gradescope run "$ROOT"' in run
+    assert 'python3 -m grader.commands.gradescope run "$ROOT"' in run
     assert "${CONVGRADE_AUTOGRADER_ROOT:-/autograder}" in run
     assert "bubblewrap" in setup and "pip install" in setup and "./convgrade" in setup
     for script in (run, setup):  # bash parses them (setup.sh itself is not run here)

@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.cli import run
+from grader.commands.cli import run
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ GIB = 1024 * 1024 * 1024
 # --jobs 2 the checks run in forked grading processes: those are children).
 _RUNNER = """
 import resource, sys
-from grader.cli import run
+from grader.commands.cli import run
 code = run(sys.argv[1:], sys.stdout, sys.stderr)
 self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -12,13 +12,13 @@ import nbformat
 import pytest
 from fakeworker import FakeLauncher, cell_reply, serve_forever
 
-from grader import client
-from grader import session as session_mod
-from grader.grading import Prepared, executed_notebook
-from grader.notebook import Cell, LoadedNotebook
-from grader.proxy import Student, WorkerGone
-from grader.session import NotebookSession, Timeouts
-from grader.submissions import Submission
+from grader.engine import session as session_mod
+from grader.engine import worker_process as client
+from grader.engine.grading import Prepared, executed_notebook
+from grader.engine.notebook import Cell, LoadedNotebook
+from grader.engine.proxy import Student, WorkerGone
+from grader.engine.session import NotebookSession, Timeouts
+from grader.engine.submissions import Submission
 
 
 @pytest.fixture(autouse=True)
@@ -183,7 +183,7 @@ def test_a_forged_7_9_mb_reply_stops_the_worker_and_the_row_says_why(launchers):
 
 
 def test_a_notebook_of_many_failing_cells_lists_a_bounded_number(launchers):
-    from grader.grading import MAX_CELL_ERRORS, _cell_errors
+    from grader.engine.grading import MAX_CELL_ERRORS, _cell_errors
 
     error = {"ename": "ValueError", "evalue": "no", "traceback": ""}
     launcher = launchers(serve_forever(lambda fake, request: cell_reply(error=error)))

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from fakeworker import FakeWorker, cell_reply, elapsed, frame_header, serve_forever
 
-from grader import client, replies
+from grader.engine import replies
+from grader.engine import worker_process as client
 from grader.errors import WorkerFailure
 from grader.worker import protocol
 

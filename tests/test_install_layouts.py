@@ -217,7 +217,7 @@ def test_pip_install_user(wheel, home, place):
 def test_gradescope_image_hides_both_copies(wheel, tmp_path):
     """setup.sh installs convgrade into the image's Python, and run_autograder puts the zip's
     own copy on PYTHONPATH: neither may be importable from the student's notebook."""
-    from grader.gradescope import build_autograder
+    from grader.commands.gradescope import build_autograder
 
     zip_path = build_autograder(ROOT / "assignments" / "convolutions", tmp_path / "ag.zip")
     root = tmp_path / "autograder"

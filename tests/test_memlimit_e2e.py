@@ -26,11 +26,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from grader import cgroup, grading, memlimit
-from grader.cli import run
-from grader.launcher import Launcher, WorkerLimits
-from grader.notebook import Cell
-from grader.session import NotebookSession, Timeouts
+from grader.commands.cli import run
+from grader.engine import grading
+from grader.engine.notebook import Cell
+from grader.engine.session import NotebookSession, Timeouts
+from grader.sandbox import cgroup, memlimit
+from grader.sandbox.launcher import Launcher, WorkerLimits
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from grader.engine.notebook import Cell, load_submission
 from grader.errors import SubmissionProblem
-from grader.notebook import Cell, load_submission
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -362,8 +362,8 @@ def test_a_notebook_written_by_nbformat_round_trips(tmp_path):
 def test_untouched_answer_placeholders_are_not_collected(tmp_path):
     from nbformat.v4 import new_markdown_cell, new_notebook
 
-    from grader.notebook import load_submission
-    from grader.stubs import MARKDOWN_PLACEHOLDER
+    from grader.authoring.stubs import MARKDOWN_PLACEHOLDER
+    from grader.engine.notebook import load_submission
 
     nb = new_notebook(
         cells=[

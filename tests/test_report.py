@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from grader import writers
 from grader.errors import StaffError
-from grader.report import build_report, load_rows, summarize
-from grader.results import CheckResult, Execution, SubmissionResult
+from grader.outputs import writers
+from grader.outputs.report import build_report, load_rows, summarize
+from grader.outputs.results import CheckResult, Execution, SubmissionResult
 
 EVIL = "<script>alert('pwned')</script>"
 # (name, question, points, visibility) of the mini assignment's checks

@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from grader import report, submissions, writers
-from grader.results import CellRecord, CheckResult, Execution, SubmissionResult
+from grader.engine import submissions
+from grader.outputs import report, writers
+from grader.outputs.results import CellRecord, CheckResult, Execution, SubmissionResult
 
 # The feedback attack: an exception class name with newlines and markup.
 ATTACK = (

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from grader import sandboxing
-from grader.launcher import PRIVATE_MOUNTS, Launcher
-from grader.sandboxing import HostFacts, SandboxUnavailable, Support
+from grader.sandbox import bubblewrap as sandboxing
+from grader.sandbox.bubblewrap import HostFacts, SandboxUnavailable, Support
+from grader.sandbox.launcher import PRIVATE_MOUNTS, Launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assignments" / "convolutions" / "examples"
@@ -189,7 +189,7 @@ def test_what_a_worker_writes_natively_never_reaches_the_grader():
 
 
 def test_the_zygotes_stderr_is_kept_as_a_bounded_tail():
-    from grader.launcher import STDERR_TAIL, Zygote
+    from grader.sandbox.launcher import STDERR_TAIL, Zygote
 
     read_end, write_end = os.pipe()
 

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from grader.stubs import (
+from grader.authoring.stubs import (
     MARKDOWN_PLACEHOLDER,
     SolutionMarkerError,
     main,

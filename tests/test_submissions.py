@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from grader import submissions
+from grader.engine import submissions
+from grader.engine.submissions import collect
 from grader.errors import StaffError
-from grader.submissions import collect
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -411,7 +411,7 @@ def test_collect_never_changes_the_given_paths(tmp_path):
 
 
 def test_a_folder_given_inside_a_checkpoints_folder_is_still_scanned(tmp_path):
-    from grader.submissions import collect
+    from grader.engine.submissions import collect
 
     inner = tmp_path / ".ipynb_checkpoints" / "class"
     inner.mkdir(parents=True)

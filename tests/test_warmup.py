@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.assignment import DEFAULT_PRELOAD
-from grader.launcher import Launcher, WorkerLimits
+from grader.authoring.assignment import DEFAULT_PRELOAD
+from grader.sandbox.launcher import Launcher, WorkerLimits
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.cli import run
+from grader.commands.cli import run
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def test_check_works_from_the_unpacked_student_zip_alone(release, tmp_path, engi
 def test_check_inside_a_notebook_prints_the_same_table(
     release, tmp_path, engine_notebooks, capsys, monkeypatch
 ):
-    from grader.check import check_notebook
+    from grader.commands.check import check_notebook
 
     with zipfile.ZipFile(release / "mini-student.zip") as zf:
         zf.extractall(tmp_path)

@@ -21,8 +21,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader import writers
-from grader.results import CellRecord, CheckResult, Execution, SubmissionResult
+from grader.outputs import writers
+from grader.outputs.results import CellRecord, CheckResult, Execution, SubmissionResult
 
 GOLDEN = Path(__file__).parent / "golden"
 QUESTIONS = ("corr2d", "layer")

@@ -1,0 +1,375 @@
+"""The ``convgrade`` command. Only :func:`main` prints errors and picks the exit code.
+
+Exit codes: 0 everything was graded (whatever the scores) / the command succeeded;
+1 some submission could not be graded, or a check/validation failed; 2 bad usage or a bad
+assignment (nothing was graded); 3 convgrade itself crashed (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from grader import __version__
+from grader.commands import options
+from grader.errors import ConvgradeError, StaffError
+
+EPILOG = """\
+examples:
+  convgrade grade assignments/convolutions/examples --out /tmp/g   # grade a class
+  convgrade check my_notebook.ipynb                  # students: public checks only
+  convgrade assign assignments/convolutions          # build the student release
+  convgrade validate assignments/convolutions --junit v.xml   # CI on a solution repo
+  convgrade gradescope assignments/convolutions --out autograder.zip
+  convgrade report /tmp/g                            # report.html for a graded class
+
+exit codes: 0 all graded, 1 some submissions could not be graded,
+            2 bad usage or assignment, 3 internal error in convgrade
+"""
+
+
+class Reporter:
+    """Progress on a terminal (one updating line) or plain lines in logs and CI."""
+
+    def __init__(self, stream, quiet: bool) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        r = p.result
+        tag = " (unchanged, reused)" if p.reused else ""
+        line = f"[{p.done}/{p.total}] {r.submission}: {r.score:g}/{r.max_score:g} {r.status}{tag}"
+        if self.tty:
+            width = 24
+            filled = int(width * p.done / max(1, p.total))
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r\x1b[2K[{bar}] {line}")
+            if p.done == p.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _summary(results, out: Path, elapsed: float) -> str:
+    from grader.engine.static_imports import is_environment_line
+
+    graded = [r for r in results if r.graded]
+    failed = [r for r in results if not r.graded]
+    scores = [r.score for r in graded]
+    max_score = results[0].max_score if results else 0
+    rows = [
+        ("submissions", str(len(results))),
+        ("graded", str(len(graded))),
+        ("not graded", str(len(failed))),
+        ("mean score", f"{statistics.mean(scores):.2f} / {max_score:g}" if scores else "-"),
+        ("median score", f"{statistics.median(scores):g} / {max_score:g}" if scores else "-"),
+        ("wall time", f"{elapsed:.1f} s"),
+        ("results", str(out / "grades.csv")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    # At the top: what grading could not import, per submission.
+    env = [f"{r.submission}: {e}" for r in results for e in r.errors if is_environment_line(e)]
+    lines = env[:20]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    for r in failed:
+        lines.append(f"  not graded: {r.submission} ({r.status}): {'; '.join(r.errors)[:200]}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_grade(args, out_stream, err_stream) -> int:
+    # The zygote's start (importing TensorFlow, seconds) is the batch's critical path: start
+    # it first, and import the grading machinery while it runs.
+    from grader.authoring import assignment as assignment_mod
+    from grader.sandbox.bubblewrap import UNSANDBOXED_WARNING
+    from grader.sandbox.launcher import Launcher, WorkerLimits
+
+    # --cluster, else $DASK_SCHEDULER_ADDRESS: grade on Dask (grader/cluster/dask_client.py).
+    if address := args.cluster or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        from grader.cluster.dask_client.dask_client import run_grade_command
+
+        return run_grade_command(args, address, out_stream, err_stream)
+    started = time.monotonic()
+    asg = assignment_mod.load(args.assignment)
+    timeouts, memory = options.grading_limits(asg.limits, **vars(args))
+    out = Path(args.out)
+    launcher = Launcher(
+        preload=asg.preload,
+        channels=max(1, args.jobs),
+        warm=not args.fresh_workers,
+        limits=WorkerLimits(memory_mib=memory),
+        hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
+        sandbox="off" if args.no_sandbox else "require",
+    )
+    launcher.start(wait=False)
+    try:
+        from grader.engine.batch import grade_batch
+        from grader.engine.grading import GradeOptions
+        from grader.engine.pytest_plugin import collect_checks
+        from grader.engine.submissions import collect_to_grade
+
+        with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
+            subs = collect_to_grade(args.paths, Path(tmp))
+            checks = collect_checks(asg)
+            if not launcher.isolation.sandboxed:
+                err_stream.write(UNSANDBOXED_WARNING)
+            results = grade_batch(
+                subs,
+                asg,
+                checks,
+                launcher,
+                GradeOptions(timeouts=timeouts, packages=asg.packages),
+                out,
+                jobs=args.jobs,
+                reuse=not args.force,
+                on_progress=Reporter(err_stream, args.quiet),
+            )
+    finally:
+        launcher.close()
+    out_stream.write(_summary(results, out, time.monotonic() - started))
+    return 0 if all(r.graded for r in results) else 1
+
+
+def cmd_check(args, out_stream, err_stream) -> int:
+    from grader.commands.check import run_check, table
+
+    result = run_check(Path(args.notebook), args.assignment_opt)
+    out_stream.write(table(result))
+    return 0 if result.tests and all(t.status == "passed" for t in result.tests) else 1
+
+
+def cmd_assign(args, out_stream, err_stream) -> int:
+    from grader.authoring import assignment as assignment_mod
+    from grader.authoring.release import build_release
+    from grader.engine.pytest_plugin import collect_checks
+
+    asg = assignment_mod.load(args.assignment_dir)
+    checks = collect_checks(asg)
+    err_stream.write("grading the solution and the generated student notebook...\n")
+    nb_path, zip_path = build_release(asg, Path(args.release_out), checks)
+    out_stream.write(f"student notebook: {nb_path}\nstudent release:  {zip_path}\n")
+    return 0
+
+
+def cmd_validate(args, out_stream, err_stream) -> int:
+    from grader.authoring import assignment as assignment_mod
+    from grader.commands.validate import validate, write_junit
+
+    asg = assignment_mod.load(args.assignment_dir)
+    items = validate(asg)
+    for item in items:
+        out_stream.write(f"{'ok  ' if item.ok else 'FAIL'}  {item.name}\n")
+        if not item.ok:
+            for line in item.message.splitlines()[:20]:
+                out_stream.write(f"      {line}\n")
+    failed = sum(not i.ok for i in items)
+    out_stream.write(f"\n{len(items) - failed} of {len(items)} passed\n")
+    if args.junit:
+        write_junit(Path(args.junit), items, f"convgrade-validate-{asg.name}")
+    return 0 if failed == 0 else 1
+
+
+def cmd_gradescope(args, out_stream, err_stream) -> int:
+    from grader.authoring import assignment as assignment_mod
+    from grader.commands.gradescope import build_autograder
+    from grader.engine.pytest_plugin import collect_checks
+
+    asg = assignment_mod.load(args.assignment_dir)
+    collect_checks(asg)
+    path = build_autograder(asg.root, Path(args.autograder_out))
+    out_stream.write(f"Gradescope autograder: {path}\n")
+    return 0
+
+
+def cmd_report(args, out_stream, err_stream) -> int:
+    from grader.outputs.report import build_report
+
+    path = build_report(Path(args.grades_dir), Path(args.report_out) if args.report_out else None)
+    out_stream.write(f"report: {path}\n")
+    return 0
+
+
+def _sub(sub, name: str, help: str, description: str, example: str):
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convgrade",
+        description="Grade Jupyter notebooks for the 'Convolutions for Images' chapter. "
+        "Student code runs in a sandboxed process; hidden pytest checks run outside it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"convgrade {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    g = sub.add_parser(
+        "grade",
+        help="grade notebooks, folders or zips of notebooks with the hidden checks",
+        description="Run each notebook in its own sandboxed worker, score it with the "
+        "assignment's public and hidden checks, and write grades.csv plus one folder per "
+        "submission (result.json, feedback.md, results.json for Gradescope, executed.ipynb).",
+        epilog="example:\n  convgrade grade assignments/convolutions/examples --out /tmp/g",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help=".ipynb files, folders (searched recursively) or .zip archives",
+    )
+    options.add(
+        g,
+        "assignment",
+        "out",
+        "jobs",
+        "cell_timeout",
+        "notebook_timeout",
+        "call_timeout",
+        "memory_mib",
+        "force",
+        "fresh_workers",
+        "quiet",
+        "no_sandbox",
+        "cluster",
+    )
+    g.set_defaults(handler=cmd_grade)
+
+    c = _sub(
+        sub,
+        "check",
+        "students: run the public checks on your notebook",
+        "Run your saved notebook in a fresh process and the assignment's public checks on "
+        "it; prints one row per check. Exit 0 when every public check passes, 1 otherwise. "
+        "Hidden checks are not needed and never shown. The assignment is the folder with "
+        "assignment.toml next to the notebook (the unpacked student zip), unless "
+        "--assignment says otherwise.",
+        "convgrade check convolutions/student.ipynb",
+    )
+    c.add_argument("notebook", metavar="NOTEBOOK", help="your .ipynb file (save it first)")
+    c.add_argument(
+        "--assignment",
+        "-a",
+        dest="assignment_opt",
+        metavar="NAME_OR_DIR",
+        help=options.OPTIONS["assignment"].help,
+    )
+    c.set_defaults(handler=cmd_check)
+
+    a = _sub(
+        sub,
+        "assign",
+        "instructors: build the student release from source.ipynb",
+        "Generate the student notebook (solutions stubbed, outputs cleared) and a zip with "
+        "it, assignment.toml and the public checks. Refuses (exit 2) when the solution "
+        "does not score the maximum, the student notebook scores above 0, or hidden "
+        "material would be released.",
+        "convgrade assign assignments/convolutions --out release/",
+    )
+    a.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
+    options.add(a, "release_out")
+    a.set_defaults(handler=cmd_assign)
+
+    v = _sub(
+        sub,
+        "validate",
+        "CI: check an assignment keeps every promise",
+        "Fail (exit 1) unless: checks collect and their points add up; the committed "
+        "student.ipynb is what `assign` generates; the release holds no hidden checks or "
+        "solution text; the solution scores the maximum; the student notebook scores 0 "
+        "without engine errors; every example scores what examples/expected.toml says.",
+        "convgrade validate assignments/convolutions --junit validate.xml",
+    )
+    v.add_argument(
+        "assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?", default="assignments/convolutions"
+    )
+    options.add(v, "junit")
+    v.set_defaults(handler=cmd_validate)
+
+    s = _sub(
+        sub,
+        "gradescope",
+        "instructors: build a Gradescope autograder zip",
+        "Write a zip with setup.sh, run_autograder, convgrade's source and the assignment "
+        "(hidden checks included; the solution notebook left out) to upload as a "
+        "Gradescope programming assignment's autograder.",
+        "convgrade gradescope assignments/convolutions --out autograder.zip",
+    )
+    s.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
+    options.add(s, "autograder_out")
+    s.set_defaults(handler=cmd_gradescope)
+
+    r = _sub(
+        sub,
+        "report",
+        "instructors: an HTML report of a graded class",
+        "Write report.html for a folder written by `convgrade grade`: score histogram, "
+        "pass rate per question, the most common failing checks, submissions not graded.",
+        "convgrade report grades/",
+    )
+    r.add_argument("grades_dir", metavar="GRADES_DIR")
+    options.add(r, "report_out")
+    r.set_defaults(handler=cmd_report)
+    return parser
+
+
+def run(argv: list[str] | None = None, out_stream=None, err_stream=None) -> int:
+    """Run the command line in-process and return its exit code (used by tests)."""
+    out_stream = out_stream or sys.stdout
+    err_stream = err_stream or sys.stderr
+    parser = build_parser()
+    try:
+        # argparse prints help and usage errors itself: send them to our streams.
+        with contextlib.redirect_stdout(out_stream), contextlib.redirect_stderr(err_stream):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not getattr(args, "handler", None):
+        parser.print_help(out_stream)
+        return 2
+    try:
+        return args.handler(args, out_stream, err_stream)
+    except StaffError as exc:
+        err_stream.write(f"convgrade: error: {exc}\n")
+        return exc.exit_code
+    except ConvgradeError as exc:
+        err_stream.write(f"convgrade: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_stream.write("convgrade: interrupted; results written so far are complete files\n")
+        return 130
+    except Exception:
+        err_stream.write(
+            "convgrade: internal error (a bug in convgrade, not in your files):\n"
+            + traceback.format_exc()
+        )
+        return 3
+
+
+def main() -> None:
+    code = run()
+    # Leave without the interpreter's teardown: with TensorFlow imported it took over a
+    # second (measured), and by now every result file is written, closed and renamed.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream
+            pass
+    os._exit(code)

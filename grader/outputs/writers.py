@@ -1,0 +1,226 @@
+"""Writing results: every file goes to a temporary name first and is renamed into place.
+
+Writers only render :class:`~grader.outputs.results.SubmissionResult` records; they never grade.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+from grader.engine.replies import clean_text
+from grader.engine.static_imports import is_environment_line
+from grader.outputs.results import SubmissionResult
+
+GRADESCOPE_VISIBILITY = {"visible": "visible", "hidden": "after_published"}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which is not thread-safe.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes it owner-only; give it a new file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...),
+# =cmd|...). Such text cells get a leading apostrophe, which spreadsheets show as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t")
+
+
+def csv_cell(value: str) -> str:
+    """``value`` made safe for a spreadsheet: never read as a formula.
+
+    A lone carriage return becomes a newline too: the csv module quotes a cell that holds
+    a newline, but not one that holds only a "\\r", which readers take for a row's end.
+    """
+    value = str(value).replace("\r\n", "\n").replace("\r", "\n")
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _writer(buf: io.StringIO):
+    return csv.writer(buf, lineterminator="\n")
+
+
+def grades_csv(results: list[SubmissionResult], question_ids: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    w = _writer(buf)
+    w.writerow(["submission", "score", "max_score", "status", *question_ids])
+    for r in sorted(results, key=lambda r: r.submission):
+        per_q = r.question_scores
+        w.writerow(
+            [
+                csv_cell(r.submission),
+                _fmt(r.score),
+                _fmt(r.max_score),
+                r.status,
+                *(_fmt(per_q.get(q, (0.0, 0.0))[0]) for q in question_ids),
+            ]
+        )
+    return buf.getvalue()
+
+
+def submissions_csv(results: list[SubmissionResult]) -> str:
+    buf = io.StringIO()
+    w = _writer(buf)
+    w.writerow(["submission", "source"])
+    for r in sorted(results, key=lambda r: r.submission):
+        w.writerow([csv_cell(r.submission), csv_cell(r.source)])
+    return buf.getvalue()
+
+
+def manual_csv(results: list[SubmissionResult]) -> str:
+    buf = io.StringIO()
+    w = _writer(buf)
+    w.writerow(["submission", "question", "text"])
+    for r in sorted(results, key=lambda r: r.submission):
+        for question, text in r.answers:
+            w.writerow([csv_cell(r.submission), csv_cell(question), csv_cell(text)])
+    return buf.getvalue()
+
+
+def result_json(result: SubmissionResult) -> str:
+    return json.dumps(result.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def gradescope_json(result: SubmissionResult) -> dict:
+    tests = []
+    for t in result.tests:
+        tests.append(
+            {
+                "name": t.name,
+                "score": t.score,
+                "max_score": t.max_score,
+                "status": t.status,
+                "output": t.message if t.status == "failed" else "",
+                "visibility": GRADESCOPE_VISIBILITY.get(t.visibility, "visible"),
+            }
+        )
+    output = "\n".join(result.errors)
+    return {
+        "score": result.score,
+        "execution_time": round(result.execution.duration + result.execution.checks_duration, 3),
+        "output": output,
+        "stdout_visibility": "hidden",
+        "tests": tests,
+    }
+
+
+# Student-controlled text in feedback.md: single backtick code spans are kept (their content
+# is shown literally); everywhere else, characters that start markup are escaped.
+_CODE_SPAN = re.compile(r"(?<!`)`[^`]+`(?!`)")
+_MARKUP = re.compile(r"([\\`*_\[\]|#])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_LIST_START = re.compile(r"^(\d*)([-+=~.)])")
+
+
+def md_text(text: str) -> str:
+    """One line of student-controlled text, safe to put after a list marker in Markdown.
+
+    It cannot start a heading, a list, a quote or a code block, open HTML or a comment
+    (``<!--``), make a link, an image or bold text (a fake score line): newlines become
+    spaces, ``<`` and ``>`` become entities and other markup characters are escaped.
+    """
+    text = _CONTROL.sub(" ", " ".join(str(text).splitlines())).lstrip()
+    out, pos = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        out += [_escape(text[pos : span.start()]), span.group()]
+        pos = span.end()
+    out.append(_escape(text[pos:]))
+    # "- x", "+ x", "1. x": a list inside the item; "===": a heading's underline
+    return _LIST_START.sub(r"\1\\\2", "".join(out))
+
+
+def _escape(segment: str) -> str:
+    segment = _MARKUP.sub(r"\\\1", segment)
+    return segment.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def feedback_md(result: SubmissionResult, title: str = "") -> str:
+    lines = [f"# Feedback{': ' + title if title else ''}", ""]
+    lines.append(f"**Score: {_fmt(result.score)} / {_fmt(result.max_score)}**")
+    environment = [e for e in result.errors if is_environment_line(e)]  # first thing to read
+    lines += [line for e in environment for line in ("", md_text(e))]
+    if not result.graded:
+        reason = md_text("; ".join(result.errors))
+        lines += ["", f"Your submission could not be graded: {reason}"]
+    lines += ["", "| question | points |", "| --- | --- |"]
+    for q, s, m in result.questions:
+        lines.append(f"| {q} | {_fmt(s)} / {_fmt(m)} |")
+    problems = [e for e in result.errors if not is_environment_line(e)]
+    if result.graded and problems:
+        lines += ["", "## Problems while running your notebook", ""]
+        lines += [f"- {md_text(e)}" for e in problems]
+    lines += ["", "## Checks", ""]
+    # In the order of the questions, so each part's checks read together.
+    order = {q: i for i, (q, _, _) in enumerate(result.questions)}
+    for t in sorted(result.tests, key=lambda t: order.get(t.question, len(order))):
+        mark = "passed" if t.status == "passed" else "FAILED"
+        kind = " (hidden check)" if t.visibility == "hidden" else ""
+        lines.append(
+            f"- **{mark}** [{t.question}] {t.name}{kind}: {_fmt(t.score)} / {_fmt(t.max_score)}"
+        )
+        if t.status != "passed" and t.message:
+            for msg_line in t.message.splitlines()[:8]:
+                lines.append(f"    - {md_text(msg_line)}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    # Text from a notebook may hold lone surrogates (a markdown answer, a source line), which
+    # UTF-8 cannot encode: they become U+FFFD rather than fail the file.
+    atomic_write(path, clean_text(text))
+
+
+def write_submission(out: Path, result: SubmissionResult, executed, title: str = "") -> None:
+    d = out / result.submission
+    _write_text(d / "result.json", result_json(result))
+    _write_text(d / "feedback.md", feedback_md(result, title))
+    _write_text(d / "results.json", json.dumps(gradescope_json(result), indent=2) + "\n")
+    if executed is not None:
+        _write_text(d / "executed.ipynb", nbformat.writes(executed))
+
+
+def write_summary(out: Path, results: list[SubmissionResult], question_ids) -> None:
+    _write_text(out / "grades.csv", grades_csv(results, question_ids))
+    _write_text(out / "submissions.csv", submissions_csv(results))
+    _write_text(out / "manual.csv", manual_csv(results))
+
+
+def load_result(out: Path, submission_id: str) -> SubmissionResult | None:
+    path = out / submission_id / "result.json"
+    try:
+        return SubmissionResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
