@@ -107,7 +107,8 @@ def test_the_answer_key_does_not_import_tensorflow():
 def test_collecting_the_hidden_checks_does_not_import_tensorflow():
     # The grader's own processes never pay TensorFlow's import: only workers need it.
     loaded = _modules_after(
-        "from grader.authoring import assignment\nfrom grader.engine import pytest_plugin as plugin\n"
+        "from grader.authoring import assignment\n"
+        "from grader.engine import pytest_plugin as plugin\n"
         "a = assignment.load('convolutions')\n"
         "assert len(plugin.collect_checks(a)) > 30"
     )
