@@ -6,11 +6,12 @@ from pathlib import Path
 
 from grader.authoring import assignment as assignment_mod
 from grader.commands.options import grading_limits
-from grader.engine.grading import GradeOptions, executed_notebook, finish, prepare
+from grader.engine.grading import GradeOptions, GradingContext
+from grader.engine.loop import Graded, GradingLoop, RunAhead
 from grader.engine.pytest_plugin import collect_checks
 from grader.engine.submissions import Submission
 from grader.outputs.results import SubmissionResult
-from grader.sandbox.launcher import Launcher, SandboxPolicy, WorkerLimits
+from grader.sandbox.launcher import Launcher, SandboxPolicy, launcher_for
 
 
 def grade_notebook(
@@ -41,7 +42,7 @@ def grade_notebook(
             sandboxes. Ignored when ``launcher`` is given.
     """
     asg = assignment_mod.load(assignment)
-    timeouts, memory = grading_limits(
+    limits = grading_limits(
         asg.limits,
         cell_timeout=cell_timeout,
         notebook_timeout=notebook_timeout,
@@ -49,23 +50,22 @@ def grade_notebook(
         memory_mib=memory_mib,
     )
     checks = collect_checks(asg, include_hidden)
-    opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden, packages=asg.packages)
+    opts = GradeOptions(
+        timeouts=limits.timeouts, include_hidden=include_hidden, packages=asg.packages
+    )
     own = launcher is None
-    if own:
-        launcher = Launcher(
-            preload=asg.preload,
-            warm=False,
-            limits=WorkerLimits(memory_mib=memory),
-            hidden=(asg.root,),
-            sandbox=sandbox,
-        )
+    if launcher is None:
+        launcher = launcher_for(asg, limits, warm=False, sandbox=sandbox)
     path = Path(notebook_path)
-    sub = Submission(path.stem, str(path), path)
+    source = iter([Submission(path.stem, str(path), path)])
+    graded: list[Graded] = []
     try:
-        prep = prepare(sub, launcher, opts)
-        nb = executed_notebook(prep)
-        result: SubmissionResult = finish(prep, asg, checks, opts, launcher.isolation.describe())
+        ctx = GradingContext(asg, tuple(checks), launcher, opts)
+        feed = RunAhead(ctx, lambda: next(source, None), graded.append)
+        GradingLoop(ctx, feed).run()
+        feed.join()
     finally:
         if own:
             launcher.close()
-    return (result, nb) if return_executed else result
+    result: SubmissionResult = graded[0].result
+    return (result, graded[0].executed) if return_executed else result

@@ -11,6 +11,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+# How a worker failed to answer. timeout: it missed its deadline and was killed;
+# interrupted: it missed it and stopped on SIGINT; died: it exited, crashed or would not
+# start; protocol: it broke the wire protocol and was killed; memory: killed for its memory
+# budget; budget: the checks' time for this notebook is spent, so it was not asked at all.
+FailureKind = Literal["timeout", "interrupted", "died", "protocol", "memory", "budget"]
+
 
 class ConvgradeError(Exception):
     exit_code = 1
@@ -41,9 +49,9 @@ class SubmissionProblem(Exception):
 
 
 class WorkerFailure(Exception):
-    """The worker did not answer: it died, timed out or broke the protocol."""
+    """The worker did not answer; ``kind`` says why (see :data:`FailureKind`)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "timeout", "interrupted", "died", "protocol", "memory"
+        self.kind: FailureKind = kind
         self.message = message

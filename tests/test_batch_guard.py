@@ -19,7 +19,7 @@ import pytest
 from fakeworker import FakeLauncher, cell_reply
 from nbformat.v4 import new_code_cell, new_notebook
 
-import grader.engine.batch
+import grader.engine.loop
 from grader.authoring import assignment as assignment_mod
 from grader.engine.batch import grade_batch
 from grader.engine.grading import GradeOptions
@@ -159,14 +159,14 @@ def test_a_forged_array_in_an_output_costs_that_cell_only(tmp_path, mini, jobs):
 def test_our_own_failure_on_one_submission_is_its_grader_error_row(
     tmp_path, mini, jobs, monkeypatch
 ):
-    real_finish = grader.engine.batch.finish
+    real_score = grader.engine.loop.score
 
-    def finish(prep, *args, **kwargs):
-        if prep.submission.id == "victim":
+    def score(outcome, *args, **kwargs):
+        if outcome.submission.id == "victim":
             raise RuntimeError("a bug in the trusted side")
-        return real_finish(prep, *args, **kwargs)
+        return real_score(outcome, *args, **kwargs)
 
-    monkeypatch.setattr(grader.engine.batch, "finish", finish)
+    monkeypatch.setattr(grader.engine.loop, "score", score)
     notebooks = {"good": (CORR2D, SCALE), "victim": (CORR2D, SCALE)}
 
     results, rows, out = grade(tmp_path, mini, notebooks, jobs)
@@ -181,10 +181,10 @@ def test_our_own_failure_on_one_submission_is_its_grader_error_row(
 
 
 def test_a_failing_executed_notebook_keeps_the_score(tmp_path, mini, monkeypatch):
-    def broken(prep):
+    def broken(outcome):
         raise ValueError("cannot build the notebook")
 
-    monkeypatch.setattr(grader.engine.batch, "executed_notebook", broken)
+    monkeypatch.setattr(grader.engine.loop, "executed_notebook", broken)
 
     results, rows, out = grade(tmp_path, mini, {"good": (CORR2D, SCALE)}, 1)
 

@@ -486,13 +486,13 @@ def test_a_grading_process_that_dies_loses_no_row(
         shutil.copy(engine_notebooks / "good.ipynb", subs / f"s{i}.ipynb")
     original = grader.engine.batch._grade_here
 
-    def dying(next_sub, *args):
-        if args[6] == 4:  # slot_base of the second grading process (forked: patch inherited)
+    def dying(ctx, next_sub, emit):
+        if ctx.first_slot == 4:  # the second grading process (forked: patch inherited)
             if next_sub() is not None:
                 os._exit(9)
         else:
             time.sleep(1.0)  # let the other process take its submission first
-        return original(next_sub, *args)
+        return original(ctx, next_sub, emit)
 
     monkeypatch.setattr(grader.engine.batch, "_grade_here", dying)
     out = tmp_path / "out"

@@ -18,9 +18,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from grader.authoring import assignment as assignment_mod
 from grader.authoring.release import leaks, release_members, student_notebook
 from grader.engine import seeding
+from grader.engine.check_messages import check_message, hidden_message, student_line
 from grader.engine.notebook import load_submission
 from grader.engine.proxy import StudentCodeRaised
-from grader.engine.pytest_plugin import _hidden_message, _message, student_line
 from grader.engine.static_imports import HELPER_PREFIX, PREFIX, cell_imports, environment_problems
 from grader.errors import StaffError
 from grader.outputs.manual_answers import free_text_answers
@@ -164,12 +164,12 @@ def _raised(evalue: str, ename: str = "ValueError") -> StudentCodeRaised:
 
 def test_a_hidden_check_quotes_one_short_sanitised_line_of_student_text():
     exc = _raised(PAYLOAD + "\nsecond line")
-    message = _message(_Info(exc), "hidden")
+    message = check_message(_Info(exc), "hidden")
     assert message.startswith("`corr2d(...)` raised ValueError: LEAK:c")
     assert len(message) < 130 and "second line" not in message
     assert "`" not in message[len("`corr2d(...)`") :]  # backticks and markup are replaced
     # A public check (whose inputs the student has anyway) shows the message in full.
-    assert PAYLOAD in _message(_Info(exc), "visible")
+    assert PAYLOAD in check_message(_Info(exc), "visible")
 
 
 def test_student_text_quoted_inside_a_checks_own_message_is_cut_too():
@@ -182,7 +182,7 @@ def test_student_text_quoted_inside_a_checks_own_message_is_cut_too():
                 f"({inner.evalue[:300]}): convert X and K to floating point first."
             ) from None
     except AssertionError as exc:
-        message = _hidden_message(exc)
+        message = hidden_message(exc)
     assert "corr2d works on floats but raised ValueError on integers" in message
     assert message.endswith("convert X and K to floating point first.")
     assert PAYLOAD[:120] not in message and len(message) < 250
@@ -192,13 +192,13 @@ def test_a_long_class_name_reported_by_the_worker_is_cut():
     from grader.engine.proxy import NotPlainData
 
     exc = NotPlainData(f"`corr2d(...)` is not an array or number (it is {PAYLOAD[:300]})")
-    message = _message(_Info(exc), "hidden")
+    message = check_message(_Info(exc), "hidden")
     assert message.startswith("`corr2d(...)` is not an array or number (it is LEAK:")
     assert len(message) < 120
 
 
 def test_a_forged_exception_type_name_cannot_break_lines():
-    message = _message(_Info(_raised("boom", ename="X\n## Checks\n**Score")), "hidden")
+    message = check_message(_Info(_raised("boom", ename="X\n## Checks\n**Score")), "hidden")
     assert "\n" not in message and "**" not in message
 
 

@@ -14,8 +14,9 @@ from fakeworker import FakeLauncher, cell_reply, serve_forever
 
 from grader.engine import session as session_mod
 from grader.engine import worker_process as client
-from grader.engine.grading import Prepared, executed_notebook
+from grader.engine.grading import executed_notebook
 from grader.engine.notebook import Cell, LoadedNotebook
+from grader.engine.outcome import Ran
 from grader.engine.proxy import Student, WorkerGone
 from grader.engine.session import NotebookSession, Timeouts
 from grader.engine.submissions import Submission
@@ -149,9 +150,9 @@ def test_outputs_kept_per_notebook_are_capped_with_a_note(launchers, tmp_path):
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
     loaded = LoadedNotebook(nb, cells(*sources), (), ())
-    prep = Prepared(Submission("flood", "flood.ipynb", None), loaded, session)
+    ran = Ran(Submission("flood", "flood.ipynb", None), loaded, session, 0.0)
     path = tmp_path / "executed.ipynb"
-    path.write_text(nbformat.writes(executed_notebook(prep)))
+    path.write_text(nbformat.writes(executed_notebook(ran)))
     assert path.stat().st_size <= 20 * 10**6
     assert "[convgrade: outputs from cell" in path.read_text()
 

@@ -25,7 +25,7 @@ from grader.engine.submissions import Submission
 from grader.errors import StaffError
 from grader.outputs.results import SubmissionResult
 from grader.outputs.writers import atomic_write
-from grader.sandbox.launcher import Launcher, WorkerLimits
+from grader.sandbox.launcher import launcher_for
 
 MIN_SECRET_LINE = 16  # shorter solution lines (``return Y``) are too generic to search for
 
@@ -135,14 +135,12 @@ def grade_reference_notebooks(
 
     One batch, so the worker zygote and the checks' imports are paid for once.
     """
-    timeouts, memory = grading_limits(asg.limits)
-    options = GradeOptions(timeouts=timeouts, packages=asg.packages)
-    launcher = Launcher(
-        preload=asg.preload,
-        warm=True,
+    limits = grading_limits(asg.limits)
+    options = GradeOptions(timeouts=limits.timeouts, packages=asg.packages)
+    launcher = launcher_for(
+        asg,
+        limits,
         channels=jobs,
-        limits=WorkerLimits(memory_mib=memory),
-        hidden=(asg.root,),
         # The staff's own notebooks (solution, template, examples): run them even where no
         # sandbox can be made, such as a CI runner without user namespaces.
         sandbox="prefer",

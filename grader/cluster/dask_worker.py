@@ -6,9 +6,9 @@ the assignment into a private temporary folder and starts one warm zygote for th
 worker: a :class:`~grader.sandbox.launcher.Launcher` whose zygote is its own sandboxed subprocess
 (not a fork of the daemonic Dask worker), with the unpacked assignment among its hidden
 paths. :func:`grade_task` grades one submission with the same engine as local grading
-(:func:`~grader.engine.grading.prepare`, then :func:`~grader.engine.grading.finish` through
-one long-lived :class:`~grader.engine.pytest_plugin.BatchPlugin` pytest session) and returns
-plain data only: the result record as a dict and the executed notebook as a JSON string.
+(:func:`~grader.engine.grading.run_submission`, then the checks in a long-lived
+:class:`~grader.engine.loop.GradingLoop`) and returns plain data only: the result record as
+a dict and the executed notebook as a JSON string.
 
 pytest is not thread-safe, so every check of a Dask worker runs in one "checker" thread;
 Dask's task threads only run notebooks (in the sandbox) and wait for their checks.
@@ -88,7 +88,9 @@ class GradingWorkerPlugin(WorkerPlugin):
                 "install the same convgrade version on every cluster machine"
             )
         from grader.authoring.assignment import load
-        from grader.sandbox.launcher import Launcher, WorkerLimits
+        from grader.engine.grading import GradingContext
+        from grader.sandbox.launcher import launcher_for
+        from grader.sandbox.limits import Limits, WorkerLimits
 
         _remove_orphans()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
@@ -102,16 +104,17 @@ class GradingWorkerPlugin(WorkerPlugin):
         self.slots: queue.Queue[int] = queue.Queue()
         for i in range(SLOTS_PER_BLOCK):
             self.slots.put(base + i)
-        self.launcher = Launcher(
-            warm=True,
-            preload=self.assignment.preload,
-            limits=WorkerLimits(memory_mib=self.memory_mib),
+        limits = Limits(self.options.timeouts, WorkerLimits(memory_mib=self.memory_mib))
+        self.launcher = launcher_for(
+            self.assignment,
+            limits,
             hidden=(self.tmp, Path(worker.local_directory)),
-            sandbox=self.sandbox,
+            sandbox=self.sandbox,  # type: ignore[arg-type]
         )
         # The zygote imports its libraries while the first task is on its way.
         self.launcher.start(wait=False)
-        self.isolation = self.launcher.isolation.describe()
+        # Files are the client's business (out=None).
+        self.ctx = GradingContext(self.assignment, tuple(self.checks), self.launcher, self.options)
         self.requests: queue.Queue = queue.Queue()
         self.checker = threading.Thread(target=self._check_loop, daemon=True)
         self.checker.start()
@@ -131,7 +134,8 @@ class GradingWorkerPlugin(WorkerPlugin):
     # -- grading -----------------------------------------------------------------------------
     def grade(self, task: Task) -> tuple[dict, str | None]:
         """Run one submission's notebook here, its checks in the checker thread."""
-        from grader.engine.grading import prepare
+        from grader.engine.grading import run_submission
+        from grader.engine.loop import Job
         from grader.engine.submissions import Submission
 
         slot = self.slots.get()
@@ -143,83 +147,89 @@ class GradingWorkerPlugin(WorkerPlugin):
                     path.write_bytes(task.notebook)
                 problem = SubmissionProblem(*task.problem) if task.problem else None
                 sub = Submission(task.submission, task.origin, path, problem)
-                prep = prepare(sub, self.launcher, self.options, slot)
-                reply: queue.Queue = queue.Queue()
-                self.requests.put((prep, reply))
-                outcome = reply.get()
+                outcome = run_submission(sub, self.ctx, slot)
+                answer: queue.Queue = queue.Queue()
+                self.requests.put((Job(outcome, answer.put), answer))
+                graded = answer.get()
         finally:
             self.slots.put(slot)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def _finish(self, prep, run_checks) -> tuple[dict, str | None]:
-        """Checks, then the plain data to send back, under local grading's guard."""
-        import traceback
-        from dataclasses import replace
-
-        import nbformat
-
-        from grader.engine.batch import _guarded
-        from grader.engine.grading import executed_notebook
-
-        asg, checks, options = self.assignment, self.checks, self.options
-        # Files are the client's business (out=None): whatever happens, a result comes back.
-        result = _guarded(prep, asg, checks, options, self.isolation, None, run_checks)
-        try:
-            executed = executed_notebook(prep)
-            text = nbformat.writes(executed) if executed is not None else None
-        except Exception:  # the score stands without the staff's copy of the run notebook
-            text = None
-            note = "\nexecuted.ipynb was not written:\n" + traceback.format_exc()
-            result = replace(result, staff_details=result.staff_details + note)
-        return result.to_dict(), text
+        if isinstance(graded, BaseException):
+            raise graded
+        return _plain(graded)
 
     def _check_loop(self) -> None:
-        """This plugin's checks: one BatchPlugin pytest session at a time, in this thread."""
-        from grader.engine.pytest_plugin import BatchPlugin, check_dirs, run_pytest
+        """This plugin's checks: one grading loop (a pytest session) at a time, here."""
+        from grader.engine.loop import GradingLoop
 
         while (first := self.requests.get()) is not None:
-            pending = [first]
-
-            def serve(run_items, pending: list = pending) -> None:
-                served, idle_since = 0, time.monotonic()
-                while pending or served < SESSION_MAX_SUBMISSIONS:
-                    if pending:
-                        item = pending.pop()
-                    else:
-                        try:
-                            item = self.requests.get(timeout=0.2)
-                        except queue.Empty:
-                            # Another plugin (a second assignment) waits for pytest, or
-                            # nothing came for a while: end this session.
-                            if _pytest_waiting() or time.monotonic() - idle_since > SESSION_IDLE_S:
-                                return
-                            continue
-                        if item is None:  # teardown: stop after this session
-                            self.requests.put(None)
-                            return
-                    self._answer(item, run_items)
-                    served, idle_since = served + 1, time.monotonic()
-
-            plugin = BatchPlugin(self.assignment, serve)
+            feed = _SessionFeed(self.requests, first)
             with _pytest_turn():
                 try:
-                    run_pytest(plugin, check_dirs(self.assignment, self.options.include_hidden))
+                    GradingLoop(self.ctx, feed).run()
                 except BaseException as exc:  # keep the thread: answer what waits with why
-                    for item in pending:
-                        item[1].put(exc)
+                    feed.fail(exc)
                     continue
-                # pytest failed before its run loop: grade the waiting one on its own.
-                for item in pending:
-                    self._answer(item, None)
+            feed.fail(RuntimeError("the checks stopped before this submission's result"))
 
-    def _answer(self, item, run_checks) -> None:
-        prep, reply = item
-        try:
-            reply.put(self._finish(prep, run_checks))
-        except BaseException as exc:
-            reply.put(exc)
+
+class _SessionFeed:
+    """The feed of one pytest session on a Dask worker: the tasks' requests, until the
+    session has served enough, idled too long or another assignment waits for pytest."""
+
+    def __init__(self, requests: queue.Queue, first: tuple) -> None:
+        self.requests = requests
+        self.pending = [first]
+        self.served = 0
+        self.idle_since = time.monotonic()
+        self.taken: tuple | None = None  # the request being graded, until its answer
+
+    def __call__(self):
+        if self.taken is not None:
+            self.served, self.idle_since = self.served + 1, time.monotonic()
+        self.taken = None
+        while self.pending or self.served < SESSION_MAX_SUBMISSIONS:
+            if self.pending:
+                item = self.pending.pop()
+            else:
+                try:
+                    item = self.requests.get(timeout=0.2)
+                except queue.Empty:
+                    # Another plugin (a second assignment) waits for pytest, or nothing
+                    # came for a while: end this session.
+                    if _pytest_waiting() or time.monotonic() - self.idle_since > SESSION_IDLE_S:
+                        return None
+                    continue
+                if item is None:  # teardown: stop after this session
+                    self.requests.put(None)
+                    return None
+            self.taken = item
+            return item[0]
+        return None
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer with ``exc`` what was taken or waits and has no answer yet."""
+        # The loop asks for the next job only after answering the last: one still taken
+        # was never answered.
+        for _job, answer in self.pending + ([self.taken] if self.taken else []):
+            answer.put(exc)
+        self.pending, self.taken = [], None
+
+
+def _plain(graded) -> tuple[dict, str | None]:
+    """The plain data a task returns: the result as a dict, the executed notebook as text."""
+    import traceback
+    from dataclasses import replace
+
+    import nbformat
+
+    result = graded.result
+    try:
+        text = nbformat.writes(graded.executed) if graded.executed is not None else None
+    except Exception:  # the score stands without the staff's copy of the run notebook
+        text = None
+        note = "\nexecuted.ipynb was not written:\n" + traceback.format_exc()
+        result = replace(result, staff_details=result.staff_details + note)
+    return result.to_dict(), text
 
 
 TMP_PREFIX = "convgrade-cluster-"

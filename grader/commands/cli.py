@@ -93,23 +93,23 @@ def cmd_grade(args, out_stream, err_stream) -> int:
     # it first, and import the grading machinery while it runs.
     from grader.authoring import assignment as assignment_mod
     from grader.sandbox.bubblewrap import UNSANDBOXED_WARNING
-    from grader.sandbox.launcher import Launcher, WorkerLimits
+    from grader.sandbox.launcher import launcher_for
 
     # --cluster, else $DASK_SCHEDULER_ADDRESS: grade on Dask (grader/cluster/dask_client.py).
     if address := args.cluster or os.environ.get("DASK_SCHEDULER_ADDRESS"):
-        from grader.cluster.dask_client.dask_client import run_grade_command
+        from grader.cluster.dask_client import run_grade_command
 
         return run_grade_command(args, address, out_stream, err_stream)
     started = time.monotonic()
     asg = assignment_mod.load(args.assignment)
-    timeouts, memory = options.grading_limits(asg.limits, **vars(args))
+    limits = options.grading_limits(asg.limits, **vars(args))
     out = Path(args.out)
-    launcher = Launcher(
-        preload=asg.preload,
+    launcher = launcher_for(
+        asg,
+        limits,
         channels=max(1, args.jobs),
         warm=not args.fresh_workers,
-        limits=WorkerLimits(memory_mib=memory),
-        hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
+        hidden=(out.resolve(), *[Path(p).resolve() for p in args.paths]),
         sandbox="off" if args.no_sandbox else "require",
     )
     launcher.start(wait=False)
@@ -129,7 +129,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
                 asg,
                 checks,
                 launcher,
-                GradeOptions(timeouts=timeouts, packages=asg.packages),
+                GradeOptions(timeouts=limits.timeouts, packages=asg.packages),
                 out,
                 jobs=args.jobs,
                 reuse=not args.force,

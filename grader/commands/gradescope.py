@@ -257,16 +257,12 @@ def _zero(message: str, max_score: float, name: str) -> dict:
 def _grade(notebook: Path, asg: Assignment, root: Path, sandbox: SandboxPolicy) -> SubmissionResult:
     from grader.api import grade_notebook
     from grader.commands.options import grading_limits
-    from grader.sandbox.launcher import Launcher, WorkerLimits
+    from grader.sandbox.launcher import launcher_for
 
     hidden = (root / "source", root / "results")
     # one submission per container, so a warm zygote would save nothing
-    launcher = Launcher(
-        warm=False,
-        preload=asg.preload,
-        limits=WorkerLimits(memory_mib=grading_limits(asg.limits)[1]),
-        hidden=hidden,
-        sandbox=sandbox,
+    launcher = launcher_for(
+        asg, grading_limits(asg.limits), warm=False, hidden=hidden, sandbox=sandbox
     )
     try:
         if launcher.mode is not None:

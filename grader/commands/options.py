@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from grader.errors import StaffError
-
-if TYPE_CHECKING:
-    from grader.engine.session import Timeouts
+from grader.sandbox.limits import Limits, Timeouts, WorkerLimits
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ OPTIONS: dict[str, Option] = {
             "cell_timeout",
             "seconds one notebook cell may run",
             type=_positive_float,
-            default=60.0,
+            default=Timeouts.cell,
             metavar="S",
             limit_key="cell_timeout",
         ),
@@ -88,7 +86,7 @@ OPTIONS: dict[str, Option] = {
             "notebook_timeout",
             "seconds the whole notebook may run",
             type=_positive_float,
-            default=600.0,
+            default=Timeouts.notebook,
             metavar="S",
             limit_key="notebook_timeout",
         ),
@@ -97,7 +95,7 @@ OPTIONS: dict[str, Option] = {
             "call_timeout",
             "seconds one call from a check into the notebook may run",
             type=_positive_float,
-            default=10.0,
+            default=Timeouts.call,
             metavar="S",
             limit_key="call_timeout",
         ),
@@ -106,7 +104,7 @@ OPTIONS: dict[str, Option] = {
             "memory_mib",
             "memory (MiB) student code may allocate",
             type=_positive_int,
-            default=2048,
+            default=WorkerLimits.memory_mib,
             metavar="MIB",
             limit_key="memory_mib",
         ),
@@ -205,12 +203,9 @@ def resolve(args: argparse.Namespace, name: str, limits: dict) -> Any:
     return o.default
 
 
-def grading_limits(limits: dict, **given) -> tuple[Timeouts, int]:
+def grading_limits(limits: dict, **given: Any) -> Limits:
     """Timeouts and the memory budget: ``given`` values (None = not given), else the
-    assignment's ``[limits]``, else the defaults declared above."""
-    # Imported here: the CLI starts the worker zygote before it loads the grading machinery.
-    from grader.engine.session import Timeouts
-
+    assignment's ``[limits]``, else the defaults of :mod:`grader.sandbox.limits`."""
     names = ("cell_timeout", "notebook_timeout", "call_timeout", "memory_mib")
     ns = argparse.Namespace(**{n: given.get(n) for n in names})
     timeouts = Timeouts(
@@ -218,4 +213,4 @@ def grading_limits(limits: dict, **given) -> tuple[Timeouts, int]:
         notebook=resolve(ns, "notebook_timeout", limits),
         call=resolve(ns, "call_timeout", limits),
     )
-    return timeouts, int(resolve(ns, "memory_mib", limits))
+    return Limits(timeouts, WorkerLimits(memory_mib=int(resolve(ns, "memory_mib", limits))))

@@ -1,9 +1,11 @@
 """Grading many submissions: notebooks run in parallel, checks run one at a time.
 
-Worker threads (``jobs`` of them) load each notebook and run it in its own sandboxed
-worker; the calling thread runs the pytest checks for whichever submission is ready next
-(pytest is not thread-safe, and the checks are short). At most ``jobs + 1`` workers are alive
-at once, and each live worker has its own slot (its own unprivileged uid).
+Worker threads (``jobs`` of them, :class:`~grader.engine.loop.RunAhead`) load each notebook
+and run it in its own sandboxed worker; the calling thread's
+:class:`~grader.engine.loop.GradingLoop` runs the pytest checks for whichever submission is
+ready next (pytest is not thread-safe, and the checks are short). With a warm zygote and
+``jobs`` > 1, ``jobs`` forked grading processes each run such a loop. At most ``jobs + 1``
+workers are alive at once, and each live worker has its own slot (its own unprivileged uid).
 """
 
 from __future__ import annotations
@@ -12,28 +14,24 @@ import gc
 import hashlib
 import multiprocessing
 import queue
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from grader import __version__
 from grader.authoring.assignment import Assignment
-from grader.engine.grading import (
-    GradeOptions,
-    Prepared,
-    executed_notebook,
-    fingerprint,
-    finish,
-    grader_error,
-    prepare,
-)
-from grader.engine.pytest_plugin import BatchPlugin, CheckInfo, check_dirs, run_pytest
+from grader.engine.grading import GradeOptions, GradingContext, fingerprint, grader_error
+from grader.engine.loop import Graded, GradingLoop, RunAhead, grade_outcome, no_checks
+from grader.engine.outcome import GraderCrash
+from grader.engine.pytest_plugin import CheckInfo
 from grader.engine.submissions import Submission
 from grader.outputs import writers
 from grader.outputs.results import SubmissionResult
 from grader.sandbox.launcher import Launcher
+
+Emit = Callable[[SubmissionResult], None]
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,12 @@ def grade_batch(
 ) -> list[SubmissionResult]:
     """Grade ``subs``; with ``jobs`` > 1 and a warm launcher with as many channels, the
     checks run in ``jobs`` forked grading processes that share the launcher's zygote."""
+    ctx = GradingContext(assignment, tuple(checks), launcher, options, out, parallel=max(1, jobs))
     results: dict[str, SubmissionResult] = {}
     todo: list[Submission] = []
     for sub in subs:
-        previous = writers.load_result(out, sub.id) if (out and reuse) else None
-        if previous and previous.fingerprint == _fp(sub, assignment, options):
+        previous = _reusable(ctx, sub) if reuse else None
+        if previous is not None:
             results[sub.id] = previous
             if on_progress:
                 on_progress(Progress(len(results), len(subs), previous, True))
@@ -75,25 +74,14 @@ def grade_batch(
 
     shards = min(jobs, launcher.channels, len(todo)) if launcher.warm else 1
     if shards > 1:
-        _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit)
+        _grade_forked(ctx, todo, shards, emit)
     elif todo:
         source = iter(todo)
-        _grade_here(
-            lambda: next(source, None),
-            assignment,
-            checks,
-            launcher,
-            options,
-            out,
-            max(1, jobs),
-            0,
-            emit,
-        )
-    isolation = launcher.isolation.describe()
+        _grade_here(ctx, lambda: next(source, None), emit)
     for sub in subs:  # a row for every submission, whatever happened on the way
         if sub.id not in results:
             detail = "the batch ended without a result for this submission"
-            failed = grader_error(sub, assignment, checks, isolation, detail)
+            failed = grader_error(sub, assignment, checks, ctx.isolation, detail)
             results[sub.id] = _written(out, failed, None, assignment, checks)
     ordered = [results[s.id] for s in subs]
     if out is not None:
@@ -101,101 +89,63 @@ def grade_batch(
     return ordered
 
 
-def _grade_here(next_sub, assignment, checks, launcher, options, out, threads_n, slot_base, emit):
-    """This process: notebooks run in ``threads_n`` threads, checks in one pytest session.
-
-    ``next_sub()`` hands out the next submission to grade, or None when there are no more;
-    several grading processes may share one source, so none of them idles while another
-    still has a queue.
-    """
-    isolation = launcher.isolation.describe()
-    slots: queue.Queue[int] = queue.Queue()
-    for i in range(threads_n + 1):
-        slots.put(slot_base + i)
-    ready: queue.Queue[tuple[Prepared, int] | None] = queue.Queue()
-    take = threading.Lock()
-
-    def run() -> None:
-        try:
-            while True:
-                slot = slots.get()
-                with take:
-                    sub = next_sub()
-                if sub is None:
-                    slots.put(slot)
-                    return
-                ready.put((prepare(sub, launcher, options, slot), slot))
-        finally:
-            ready.put(None)  # this thread is done
-
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(threads_n)]
-    for t in threads:
-        t.start()
-    handled = 0
-
-    def handle(prep: Prepared, slot: int, run_checks) -> None:
-        nonlocal handled
-        try:
-            result = _guarded(prep, assignment, checks, options, isolation, out, run_checks)
-        finally:
-            slots.put(slot)
-        handled += 1
-        emit(result)
-
-    running = len(threads)
-
-    def next_ready() -> tuple[Prepared, int] | None:
-        nonlocal running
-        while running:
-            item = ready.get()
-            if item is not None:
-                return item
-            running -= 1
-        return None
-
-    def serve(run_items) -> None:
-        while (item := next_ready()) is not None:
-            handle(*item, run_items)
-
-    plugin = BatchPlugin(assignment, serve)
-    run_pytest(plugin, check_dirs(assignment, options.include_hidden))
-    # If pytest itself failed before its run loop, grade what is left one by one.
-    while (item := next_ready()) is not None:
-        handle(*item, None)
-    for t in threads:
-        t.join()
+def _reusable(ctx: GradingContext, sub: Submission) -> SubmissionResult | None:
+    """The result of an earlier run in ``ctx.out``, if nothing that decides it changed."""
+    previous = writers.load_result(ctx.out, sub.id) if ctx.out else None
+    if previous and previous.fingerprint == _fp(sub, ctx.assignment, ctx.options):
+        return previous
+    return None
 
 
-def _shard_main(index, todo, counter, assignment, checks, launcher, options, out, results_q):
-    launcher.in_child(index)
+def _grade_here(ctx: GradingContext, next_sub: Callable[[], Submission | None], emit: Emit) -> None:
+    """This process: notebooks run in ``ctx.parallel`` threads, checks in one pytest session."""
+    feed = RunAhead(ctx, next_sub, lambda graded: emit(_recorded(ctx, graded)))
+    GradingLoop(ctx, feed).run()
+    feed.join()
+
+
+def _recorded(ctx: GradingContext, graded: Graded) -> SubmissionResult:
+    """A graded submission with its fingerprint, its files written."""
+    sub = graded.submission
+    try:
+        result = _with_fingerprint(graded.result, _fp(sub, ctx.assignment, ctx.options))
+    except Exception:
+        detail = traceback.format_exc()
+        result = grader_error(sub, ctx.assignment, ctx.checks, ctx.isolation, detail)
+    return _written(ctx.out, result, graded.executed, ctx.assignment, ctx.checks)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One forked grading process: its index (its zygote channel) and what it shares."""
+
+    index: int
+    todo: list[Submission]
+    counter: Any  # multiprocessing.Value: the next submission to hand out
+    results: Any  # multiprocessing.Queue: ("result", dict) and ("done", index) messages
+
+
+def _shard_main(ctx: GradingContext, shard: _Shard) -> None:
+    ctx.launcher.in_child(shard.index)
 
     def next_sub() -> Submission | None:
-        with counter.get_lock():
-            i = counter.value
-            if i >= len(todo):
+        with shard.counter.get_lock():
+            i = shard.counter.value
+            if i >= len(shard.todo):
                 return None
-            counter.value = i + 1
-        return todo[i]
+            shard.counter.value = i + 1
+        return shard.todo[i]
 
     try:
-        _grade_here(
-            next_sub,
-            assignment,
-            checks,
-            launcher,
-            options,
-            out,
-            1,
-            index * 4,
-            lambda r: results_q.put(("result", r.to_dict())),
-        )
+        mine = replace(ctx, parallel=1, first_slot=shard.index * 4)
+        _grade_here(mine, next_sub, lambda r: shard.results.put(("result", r.to_dict())))
     finally:
-        results_q.put(("done", index))
-        results_q.close()
-        results_q.join_thread()
+        shard.results.put(("done", shard.index))
+        shard.results.close()
+        shard.results.join_thread()
 
 
-def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit) -> None:
+def _grade_forked(ctx: GradingContext, todo: list[Submission], shards: int, emit: Emit) -> None:
     """Checks in ``shards`` forked grading processes (pytest is single-threaded).
 
     They are forked after the checks were collected, so TensorFlow, pytest and the check
@@ -206,23 +156,29 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
     # (Done before waiting for the zygote, which is usually still importing TensorFlow.)
     gc.collect()
     gc.freeze()
-    launcher.start()
-    ctx = multiprocessing.get_context("fork")
-    results_q = ctx.Queue()
-    counter = ctx.Value("i", 0)  # the next submission to hand out, shared by the processes
+    ctx.launcher.start()
+    mp = multiprocessing.get_context("fork")
+    results_q = mp.Queue()
+    counter = mp.Value("i", 0)
     procs = []
     for i in range(shards):
-        proc = ctx.Process(
-            target=_shard_main,
-            args=(i, todo, counter, assignment, checks, launcher, options, out, results_q),
-            daemon=True,
-        )
+        shard = _Shard(i, todo, counter, results_q)
+        proc = mp.Process(target=_shard_main, args=(ctx, shard), daemon=True)
         proc.start()
         procs.append(proc)
+    seen = _collect(procs, results_q, emit)
+    for sub in todo:
+        if sub.id not in seen:  # its grading process died: say so rather than lose it
+            crash = GraderCrash(sub, "the grading process for this submission died")
+            emit(_recorded(ctx, grade_outcome(ctx, crash, no_checks(""))))
+
+
+def _collect(procs: list, results_q: Any, emit: Emit) -> set[str]:
+    """Emit what the grading processes send until each is done or dead; the ids seen."""
     seen: set[str] = set()
     finished: set[int] = set()
 
-    def take(message) -> None:
+    def take(message: tuple[str, Any]) -> None:
         kind, payload = message
         if kind == "result":
             result = SubmissionResult.from_dict(payload)
@@ -231,7 +187,7 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
         else:
             finished.add(payload)
 
-    while len(finished) < shards:
+    while len(finished) < len(procs):
         try:
             take(results_q.get(timeout=1.0))
         except queue.Empty:
@@ -246,37 +202,7 @@ def _grade_forked(todo, assignment, checks, launcher, options, out, shards, emit
                     finished.add(i)
     for proc in procs:
         proc.join()
-    isolation = launcher.isolation.describe()
-    for sub in todo:
-        if sub.id not in seen:  # its grading process died: say so rather than lose it
-            prep = Prepared(sub, bug="the grading process for this submission died")
-            emit(_guarded(prep, assignment, checks, options, isolation, out, None))
-
-
-def _guarded(prep: Prepared, assignment, checks, options, isolation, out, run_checks):
-    """Everything the trusted side does for one submission, under one guard: its checks,
-    its fingerprint, executed.ipynb and its files. Whatever the notebook did, the
-    submission gets a result, and ``grader_error`` (reason for staff only) if our side
-    failed on it."""
-    sub = prep.submission
-    try:
-        result = finish(prep, assignment, checks, options, isolation, run_checks)
-        result = _with_fingerprint(result, _fp(sub, assignment, options))
-    except Exception:
-        result = grader_error(sub, assignment, checks, isolation, traceback.format_exc())
-    executed = None
-    if out is not None:
-        try:
-            executed = executed_notebook(prep)
-        except Exception:
-            # The score stands without the staff's copy of the run notebook.
-            result = replace(
-                result,
-                staff_details=result.staff_details
-                + "\nexecuted.ipynb was not written:\n"
-                + traceback.format_exc(),
-            )
-    return _written(out, result, executed, assignment, checks)
+    return seen
 
 
 def _written(out, result: SubmissionResult, executed, assignment: Assignment, checks):
@@ -313,6 +239,4 @@ def _fp(sub: Submission, assignment: Assignment, options: GradeOptions) -> str:
 
 
 def _with_fingerprint(result: SubmissionResult, fp: str) -> SubmissionResult:
-    from dataclasses import replace
-
     return replace(result, fingerprint=fp)

@@ -1,21 +1,27 @@
 """Grading one submission: notebook -> worker -> checks -> a SubmissionResult.
 
-Nothing here prints. Student problems become a result with a status; our own bugs become a
-``grader_error`` result whose traceback goes to staff only.
+:func:`run_submission` runs the notebook (the slow part, in parallel) and gives its
+:data:`~grader.engine.outcome.Outcome`; :func:`score` runs the checks against it and makes
+the result. Nothing here prints. Student problems become a result with a status; our own
+bugs become a ``grader_error`` result whose traceback goes to staff only.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nbformat
+
 from grader.authoring.assignment import Assignment, Hint
-from grader.engine.notebook import LoadedNotebook, load_submission
-from grader.engine.pytest_plugin import CheckInfo, GradingPlugin, check_dirs, run_pytest
+from grader.engine.notebook import load_submission
+from grader.engine.outcome import GraderCrash, NotGradable, Outcome, Ran, close, unreachable
+from grader.engine.pytest_plugin import CheckInfo
 from grader.engine.session import NotebookSession, Timeouts
 from grader.engine.static_imports import environment_problems
 from grader.engine.submissions import Submission
@@ -23,6 +29,9 @@ from grader.errors import SubmissionProblem
 from grader.outputs.manual_answers import free_text_answers
 from grader.outputs.results import CheckResult, Execution, SubmissionResult
 from grader.sandbox.launcher import Launcher
+
+# Runs the collected checks against a live session: their results and the staff's details.
+RunChecks = Callable[[NotebookSession], tuple[list[CheckResult], str]]
 
 
 @dataclass(frozen=True)
@@ -33,16 +42,21 @@ class GradeOptions:
     packages: tuple[str, ...] | None = None  # what notebooks may import; None: anything
 
 
-@dataclass
-class Prepared:
-    """A submission whose notebook has run (or could not): ready for its checks."""
+@dataclass(frozen=True)
+class GradingContext:
+    """Everything fixed while one grading process grades its submissions."""
 
-    submission: Submission
-    notebook: LoadedNotebook | None = None
-    session: NotebookSession | None = None
-    problem: SubmissionProblem | None = None
-    bug: str = ""
-    duration: float = 0.0
+    assignment: Assignment
+    checks: tuple[CheckInfo, ...]
+    launcher: Launcher
+    options: GradeOptions
+    out: Path | None = None  # where each submission's files go; None: nowhere (the caller's)
+    parallel: int = 1  # notebooks this process runs at once
+    first_slot: int = 0  # the first of this process's worker slots (each live worker has one)
+
+    @property
+    def isolation(self) -> str:
+        return self.launcher.isolation.describe()
 
 
 def fingerprint(path: Path | None, assignment: Assignment) -> str:
@@ -57,34 +71,38 @@ def fingerprint(path: Path | None, assignment: Assignment) -> str:
     return h.hexdigest()
 
 
-def prepare(sub: Submission, launcher: Launcher, options: GradeOptions, slot: int = 0) -> Prepared:
+def run_submission(sub: Submission, ctx: GradingContext, slot: int = 0) -> Outcome:
     """Load the notebook and run it in a fresh worker (the slow, parallel part)."""
     started = time.monotonic()
-    prep = Prepared(sub)
+    notebook = session = None
+    options = ctx.options
     try:
         if sub.problem is not None:
             raise sub.problem
-        prep.notebook = load_submission(sub.path, options.max_notebook_mib)
-        prep.session = NotebookSession(
-            launcher, prep.notebook.code_cells, options.timeouts, slot, options.packages
+        notebook = load_submission(sub.path, options.max_notebook_mib)
+        session = NotebookSession(
+            ctx.launcher, notebook.code_cells, options.timeouts, slot, options.packages
         )
-        prep.session.run_notebook()
+        session.run_notebook()
     except SubmissionProblem as exc:
-        prep.problem = exc
+        if session is not None:
+            session.close()
+        return NotGradable(sub, exc)
     except Exception:
-        prep.bug = traceback.format_exc()
-    prep.duration = time.monotonic() - started
-    return prep
+        return GraderCrash(sub, traceback.format_exc(), notebook, session)
+    return Ran(sub, notebook, session, time.monotonic() - started)
 
 
-def _not_run(checks: list[CheckInfo], message: str) -> list[CheckResult]:
+def _not_run(checks: Sequence[CheckInfo], message: str) -> list[CheckResult]:
     return [
         CheckResult(c.name, c.question, 0.0, c.points, "failed", message, c.visibility, c.nodeid)
         for c in checks
     ]
 
 
-def _question_totals(assignment: Assignment, tests: list[CheckResult]):
+def _question_totals(
+    assignment: Assignment, tests: list[CheckResult]
+) -> tuple[tuple[str, float, float], ...]:
     out = []
     for q in assignment.questions:
         score = sum(t.score for t in tests if t.question == q.id)
@@ -141,85 +159,94 @@ def _status(session: NotebookSession) -> str:
     return "graded"
 
 
-def finish(
-    prep: Prepared,
-    assignment: Assignment,
-    checks: list[CheckInfo],
-    options: GradeOptions,
-    isolation: str,
-    run_checks: Callable[[NotebookSession], tuple[list[CheckResult], str]] | None = None,
-) -> SubmissionResult:
-    """Run the checks against a prepared submission (trusted process, one at a time).
+def score(outcome: Outcome, ctx: GradingContext, run_checks: RunChecks) -> SubmissionResult:
+    """The result of a submission: its checks run against its outcome (trusted process,
+    one submission at a time), and its worker stopped.
 
-    ``run_checks`` runs the collected checks against a live session; by default a fresh
-    pytest run does it (a batch reuses one pytest session for all submissions instead).
+    The fingerprint (what decides reuse on a re-run) is the batch's business.
     """
-    sub = prep.submission
-    # The fingerprint (what decides reuse on a re-run) is the batch's business.
-    base = dict(submission=sub.id, source=sub.origin, max_score=assignment.max_score)
     try:
-        if prep.problem is not None:
-            tests = _not_run(checks, f"not graded: {prep.problem.message}")
-            return SubmissionResult(
-                score=0.0,
-                status=prep.problem.status,
-                tests=tuple(tests),
-                errors=(prep.problem.message,),
-                questions=_question_totals(assignment, tests),
-                execution=Execution(isolation=isolation),
-                **base,
-            )
-        if prep.bug:
-            raise _Bug(prep.bug)
-        session = prep.session
-        started = time.monotonic()
-        tests, details = (run_checks or _pytest_once(assignment, options))(session)
-        checks_duration = time.monotonic() - started
-        if not tests:
-            raise _Bug("no check results: " + details[-3000:])
-        cells = ((c.index, c.source) for c in prep.notebook.code_cells)
-        errors = environment_problems(cells, assignment.packages) + _cell_errors(
-            session, assignment.hints
-        )
-        if session.gave_up:
-            errors.append(f"grading stopped early: {session.gave_up}")
-        execution = Execution(
-            cells=tuple(session.records),
-            duration=prep.duration,
-            checks_duration=checks_duration,
-            isolation=isolation,
-            restarts=session.restarts,
-            shell_commands=tuple(session.shell_commands),
-            notes=tuple(session.notes) + prep.notebook.notes,
-        )
-        score = sum(t.score for t in tests)
-        return SubmissionResult(
-            score=score,
-            status=_status(session),
-            tests=tuple(tests),
-            errors=tuple(errors),
-            execution=execution,
-            questions=_question_totals(assignment, tests),
-            answers=free_text_answers(prep.notebook.nb, assignment.student),
-            staff_details=details,
-            **base,
-        )
+        match outcome:
+            case NotGradable():
+                return _not_gradable(outcome, ctx)
+            case GraderCrash():
+                return grader_error(
+                    outcome.submission, ctx.assignment, ctx.checks, ctx.isolation, outcome.detail
+                )
+            case Ran():
+                return _checked(outcome, ctx, run_checks)
+            case _:
+                unreachable(outcome)
     except Exception as exc:
         detail = exc.args[0] if isinstance(exc, _Bug) else traceback.format_exc()
-        return grader_error(sub, assignment, checks, isolation, detail)
+        sub = outcome.submission
+        return grader_error(sub, ctx.assignment, ctx.checks, ctx.isolation, detail)
     finally:
-        if prep.session is not None:
-            try:
-                prep.session.close()
-            except Exception:  # the result stands; the worker is killed by its pidfd anyway
-                pass
+        close(outcome)
+
+
+def _base(sub: Submission, assignment: Assignment) -> dict:
+    return dict(submission=sub.id, source=sub.origin, max_score=assignment.max_score)
+
+
+def _not_gradable(outcome: NotGradable, ctx: GradingContext) -> SubmissionResult:
+    problem = outcome.problem
+    tests = _not_run(ctx.checks, f"not graded: {problem.message}")
+    return SubmissionResult(
+        score=0.0,
+        status=problem.status,
+        tests=tuple(tests),
+        errors=(problem.message,),
+        questions=_question_totals(ctx.assignment, tests),
+        execution=Execution(isolation=ctx.isolation),
+        **_base(outcome.submission, ctx.assignment),
+    )
+
+
+def _checked(ran: Ran, ctx: GradingContext, run_checks: RunChecks) -> SubmissionResult:
+    session, assignment = ran.session, ctx.assignment
+    started = time.monotonic()
+    tests, details = run_checks(session)
+    checks_duration = time.monotonic() - started
+    if not tests:
+        raise _Bug("no check results: " + details[-3000:])
+    cells = ((c.index, c.source) for c in ran.notebook.code_cells)
+    errors = environment_problems(cells, assignment.packages) + _cell_errors(
+        session, assignment.hints
+    )
+    if session.gave_up:
+        errors.append(f"grading stopped early: {session.gave_up}")
+    execution = Execution(
+        cells=tuple(session.records),
+        duration=ran.duration,
+        checks_duration=checks_duration,
+        isolation=ctx.isolation,
+        restarts=session.restarts,
+        shell_commands=tuple(session.shell_commands),
+        notes=tuple(session.notes) + ran.notebook.notes,
+    )
+    return SubmissionResult(
+        score=sum(t.score for t in tests),
+        status=_status(session),
+        tests=tuple(tests),
+        errors=tuple(errors),
+        execution=execution,
+        questions=_question_totals(assignment, tests),
+        answers=free_text_answers(ran.notebook.nb, assignment.student),
+        staff_details=details,
+        **_base(ran.submission, assignment),
+    )
 
 
 GRADER_ERROR_MESSAGE = "the autograder failed on this submission; course staff can see why"
 
 
 def grader_error(
-    sub: Submission, assignment: Assignment, checks: list[CheckInfo], isolation: str, detail: str
+    sub: Submission,
+    assignment: Assignment,
+    checks: Sequence[CheckInfo],
+    isolation: str,
+    detail: str,
 ) -> SubmissionResult:
     """The row of a submission our side failed on: 0 points, the reason for staff only."""
     tests = _not_run(checks, GRADER_ERROR_MESSAGE)
@@ -237,30 +264,22 @@ def grader_error(
     )
 
 
-def _pytest_once(assignment: Assignment, options: GradeOptions):
-    def run(session: NotebookSession) -> tuple[list[CheckResult], str]:
-        plugin = GradingPlugin(assignment, session)
-        run_pytest(plugin, check_dirs(assignment, options.include_hidden))
-        tests, details = plugin.results()
-        return tests, details or getattr(plugin, "output", "")
-
-    return run
-
-
 class _Bug(Exception):
     pass
 
 
-def executed_notebook(prep: Prepared):
+def executed_notebook(outcome: Outcome) -> nbformat.NotebookNode | None:
     """The submitted notebook with the outputs it produced under grading (staff review)."""
-    if prep.notebook is None:
-        return None
-    import copy
-
-    import nbformat
-
-    nb = copy.deepcopy(prep.notebook.nb)
-    outputs = prep.session.outputs if prep.session is not None else {}
+    match outcome:
+        case NotGradable():
+            return None
+        case GraderCrash() | Ran():
+            if outcome.notebook is None:
+                return None
+            nb = copy.deepcopy(outcome.notebook.nb)
+            outputs = outcome.session.outputs if outcome.session is not None else {}
+        case _:
+            unreachable(outcome)
     count = 0
     for index, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code":

@@ -7,9 +7,12 @@ numpy arrays and Python builtins), or a handle wrapped in another :class:`Remote
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from grader.errors import WorkerFailure
+from grader.worker import protocol
 from grader.worker.protocol import Handle
 
 MAX_ARG_PREVIEW = 40
@@ -97,12 +100,12 @@ class Student:
 
     # -- public helpers --------------------------------------------------------------------
     def has(self, name: str) -> bool:
-        reply = self._request({"op": "has", "name": name}, name)
+        reply = self._request(protocol.request("has", name=name), name)
         return bool(reply.get("value"))
 
     def value(self, ref: Remote):
         reply = self._request(
-            {"op": "value", "target": self._target_of(ref), "want": "value"}, ref._label
+            protocol.request("value", target=self._target_of(ref), want="value"), ref._label
         )
         return reply["value"]
 
@@ -115,7 +118,7 @@ class Student:
         return tuple(str(c.source) for c in getattr(self._session, "cells", ()))
 
     def type_name(self, ref: Remote) -> str:
-        reply = self._request({"op": "type", "target": self._target_of(ref)}, ref._label)
+        reply = self._request(protocol.request("type", target=self._target_of(ref)), ref._label)
         return str(reply["value"])
 
     # -- plumbing -------------------------------------------------------------------------
@@ -130,7 +133,8 @@ class Student:
     def _encode_arg(self, value):
         if isinstance(value, Remote):
             reply = self._request(
-                {"op": "value", "target": self._target_of(value), "want": "handle"}, value._label
+                protocol.request("value", target=self._target_of(value), want="handle"),
+                value._label,
             )
             return reply["value"]
         if isinstance(value, (list, tuple)):
@@ -140,13 +144,20 @@ class Student:
             return {k: self._encode_arg(v) for k, v in value.items()}
         return value
 
-    def _call(self, ref: Remote, args, kwargs, op: str = "call", name: str | None = None):
+    def _call(
+        self,
+        ref: Remote | None,
+        args,
+        kwargs,
+        op: Literal["call", "probe"] = "call",
+        name: str | None = None,
+    ):
         label = f"{ref._label}(...)" if ref is not None else f"probe {name}(...)"
-        message = {
-            "op": op,
-            "args": [self._encode_arg(a) for a in args],
-            "kwargs": {k: self._encode_arg(v) for k, v in kwargs.items()},
-        }
+        message = protocol.request(
+            op,
+            args=[self._encode_arg(a) for a in args],
+            kwargs={k: self._encode_arg(v) for k, v in kwargs.items()},
+        )
         if op == "call":
             message["target"] = self._target_of(ref)
         else:
@@ -167,15 +178,15 @@ class Student:
         # through .numpy(), a probe) is not asked again: forty checks of an endless loop
         # would otherwise cost forty timeouts.
         key = _request_key(message, self._session.generation)
-        slow = self._session.timed_out
-        if key in slow:
+        earlier = self._session.timed_out_before(key)
+        if earlier is not None:
             again = "called" if key[0] in ("call", "probe") else "asked for"
-            raise WorkerGone(f"`{label}` was not {again} again: an earlier request {slow[key]}")
+            raise WorkerGone(f"`{label}` was not {again} again: an earlier request {earlier}")
         try:
             reply = self._session.request(message)
         except WorkerFailure as exc:
             if exc.kind in ("timeout", "interrupted"):
-                slow[key] = exc.message
+                self._session.note_timed_out(key, exc.message)
                 raise WorkerGone(
                     f"`{label}` {exc.message}: is there an endless loop, or a loop over every "
                     "pixel that is far too slow?"
@@ -205,7 +216,7 @@ class Student:
 
 
 def _request_key(message: dict, generation: int) -> tuple:
-    """What a request asks for, as a key of ``session.timed_out``.
+    """What a request asks for, as the key of the session's timed-out memo.
 
     A notebook-level name (``("call", "corr2d")``) keeps its key across restarts; an object
     that lives in the worker is named by its handle, which only its worker generation knows.

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from grader.worker.protocol import Handle
+from grader.worker.protocol import Handle, Op
 
 MAX_TEXT = 100_000  # characters in one message field (ename, evalue, a name)
 MAX_TRACEBACK = 50_000
@@ -189,7 +189,7 @@ def _failure(reply: dict) -> dict:
     return out
 
 
-def check(op: str, reply) -> dict:
+def check(op: Op, reply) -> dict:
     """The reply to a request of operation ``op``, rebuilt from its checked fields.
 
     Raises:

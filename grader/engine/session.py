@@ -18,30 +18,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 from grader.engine import seeding
 from grader.engine.notebook import Cell
 from grader.errors import WorkerFailure
 from grader.outputs.results import CellRecord
 from grader.sandbox.launcher import Launcher
+from grader.sandbox.limits import Timeouts
+from grader.worker import protocol
 
 MAX_RESTARTS = 3
 MAX_NOTEBOOK_OUTPUT_BYTES = 8 * 1024 * 1024  # in executed.ipynb, as nbformat writes it
 MAX_CELLS_WITH_OUTPUT = 1000
 MAX_SHELL_COMMANDS = 100
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    cell: float = 60.0
-    notebook: float = 600.0
-    call: float = 10.0
-    checks: float | None = None  # all the checks' calls of one submission; None: = notebook
-
-    @property
-    def checks_budget(self) -> float:
-        return self.notebook if self.checks is None else self.checks
 
 
 class NotebookSession:
@@ -68,7 +57,7 @@ class NotebookSession:
         self.shell_commands: list[str] = []
         self.notes: list[str] = []
         self.gave_up = ""
-        self.timed_out: dict[tuple, str] = {}  # functions that ran out of time, and how
+        self._timed_out: dict[tuple, str] = {}  # requests that ran out of time, and how
         # Absolute deadlines (time.monotonic()): set when each phase starts.
         self.notebook_deadline: float | None = None
         self.checks_deadline: float | None = None
@@ -82,8 +71,11 @@ class NotebookSession:
         self.generation += 1
         # Before any cell (and before a restarted worker replays them): the same seed for
         # the same submission, and the packages it may import.
-        setup = {"op": "setup", "seed": seeding.notebook_seed(self.content_key)}
-        setup["packages"] = None if self.packages is None else list(self.packages)
+        setup = protocol.request(
+            "setup",
+            seed=seeding.notebook_seed(self.content_key),
+            packages=None if self.packages is None else list(self.packages),
+        )
         try:
             self.worker.request(setup, self.timeouts.call)
         except WorkerFailure:
@@ -130,7 +122,7 @@ class NotebookSession:
                         "(replaying it after a crash)",
                         "NotebookTimeout",
                     )
-            reply = self.worker.request({"op": "run_cell", "source": cell.source}, timeout)
+            reply = self.worker.request(protocol.request("run_cell", source=cell.source), timeout)
         except WorkerFailure as exc:
             elapsed = time.monotonic() - started
             status = "timeout" if exc.kind in ("timeout", "interrupted") else "killed"
@@ -201,7 +193,8 @@ class NotebookSession:
                 break
             try:
                 self.worker.request(
-                    {"op": "run_cell", "source": cell.source}, min(self.timeouts.cell, remaining)
+                    protocol.request("run_cell", source=cell.source),
+                    min(self.timeouts.cell, remaining),
                 )
             except WorkerFailure:
                 if self.worker is None or not self.worker.alive:
@@ -237,6 +230,14 @@ class NotebookSession:
                     "s for this notebook",
                 ) from None
             raise
+
+    def timed_out_before(self, key: tuple) -> str | None:
+        """How the request ``key`` ran out of time before, or None if it did not."""
+        return self._timed_out.get(key)
+
+    def note_timed_out(self, key: tuple, how: str) -> None:
+        """Remember that the request ``key`` ran out of time: it is not asked again."""
+        self._timed_out[key] = how
 
     def _check_budget(self) -> float:
         """The seconds left to the checks, or WorkerFailure("budget") when none are."""

@@ -85,7 +85,7 @@ class WorkerProcess:
         """
         if not self.alive:
             raise WorkerFailure("died", "the notebook's process is no longer running")
-        op = str(message.get("op"))
+        op: protocol.Op = message.get("op")
         deadline = time.monotonic() + timeout
         try:
             self._send(message, deadline)
@@ -125,7 +125,7 @@ class WorkerProcess:
         if self.alive and self.pidfd is not None:
             try:
                 self.sock.settimeout(1)
-                self.channel.send({"op": "bye"})
+                self.channel.send(protocol.request("bye"))
             except (OSError, protocol.ProtocolError):
                 pass
         self.signal(signal.SIGKILL)

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from grader.authoring.assignment import DEFAULT_PRELOAD
+from grader.authoring.assignment import DEFAULT_PRELOAD, Assignment
 from grader.errors import GraderBug
 from grader.sandbox import bubblewrap as sandboxing
 from grader.sandbox.bubblewrap import MOUNT_ROOT, NO_SANDBOX_FLAG, WORKER_PKG
+from grader.sandbox.limits import Limits, WorkerLimits
 from grader.sandbox.memlimit import MemoryGuard
 
 SandboxPolicy = Literal["require", "prefer", "off"]
@@ -63,23 +64,6 @@ class Isolation:
             else ("NOT sandboxed")
         )
         return head + ("; " + "; ".join(self.notes) if self.notes else "")
-
-
-@dataclass(frozen=True)
-class WorkerLimits:
-    memory_mib: int = 2048
-    max_processes: int = 256
-    disk_mib: int = 256
-    max_open_files: int = 256
-    tf_threads: int = 1
-
-    def as_dict(self) -> dict:
-        return {
-            "memory_mib": self.memory_mib,
-            "max_processes": self.max_processes,
-            "disk_mib": self.disk_mib,
-            "max_open_files": self.max_open_files,
-        }
 
 
 class Zygote:
@@ -339,3 +323,30 @@ class Launcher:
                     self._zygote = None
             self.memory.close()  # memlimit: the workers' cgroups, also the grading processes'
         self._births.put(None)
+
+
+def launcher_for(
+    assignment: Assignment,
+    limits: Limits,
+    *,
+    sandbox: SandboxPolicy = "require",
+    warm: bool = True,
+    channels: int = 1,
+    hidden: tuple[Path, ...] = (),
+) -> Launcher:
+    """The launcher for grading ``assignment`` within ``limits``: the one place one is built.
+
+    Args:
+        hidden: paths besides the assignment's own folder that workers must not see (the
+            output folder, the submissions); the assignment is hidden unless it lies in one.
+    """
+    root = Path(assignment.root).resolve()
+    inside = any(Path(h).resolve() in (root, *root.parents) for h in hidden)
+    return Launcher(
+        warm=warm,
+        preload=assignment.preload,
+        limits=limits.worker,
+        hidden=hidden if inside else (root, *hidden),
+        sandbox=sandbox,
+        channels=channels,
+    )

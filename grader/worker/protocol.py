@@ -35,6 +35,7 @@ from builtins import (  # noqa: E402, UP029
     tuple,
     type,
 )
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -47,6 +48,43 @@ MAX_DEPTH = 32
 _HEADER = struct.Struct("!II")
 _LEN = struct.Struct("!Q")
 _OK_KINDS = set("biufc?")
+
+# The protocol's vocabulary, declared once for both sides. A request names its operation;
+# the worker answers ``{"ok": True, ...}`` or a failure of one of these kinds.
+Op = Literal[
+    "setup",  # before the first cell: the notebook's seed, the packages it may import
+    "run_cell",
+    "seed",  # before a check's calls: the check's own seed
+    "has",
+    "value",
+    "type",
+    "call",
+    "probe",
+    "release",  # forget handles
+    "ping",
+    "bye",
+]
+OPS: frozenset[str] = frozenset(get_args(Op))
+FailureKind = Literal[
+    "missing",  # the notebook does not define the name
+    "raised",  # student code raised
+    "not_plain",  # a value was asked for, and it is not plain data
+    "usage",  # the request itself was wrong
+    "interrupted",  # the grader's SIGINT stopped it
+    "too_large",  # the reply could not be encoded within the limits
+]
+FAILURE_KINDS: frozenset[str] = frozenset(get_args(FailureKind))
+Want = Literal["auto", "value", "handle"]  # what a call or value request asks back
+
+
+def request(op: Op, **fields: object) -> dict:
+    """A request of operation ``op`` with its fields."""
+    return {"op": op, **fields}
+
+
+def failure(kind: FailureKind, **fields: object) -> dict:
+    """The reply of an operation that did not succeed."""
+    return {"ok": False, "kind": kind, **fields}
 
 
 class ProtocolError(Exception):

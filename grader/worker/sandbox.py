@@ -108,6 +108,8 @@ def setup_worker(
     """In the worker itself (PID 1 of its namespace when ``namespaced``).
 
     Args:
+        limits: the spawn request's limits, every key present (the trusted side resolves
+            them and their defaults: grader/sandbox/limits.py).
         keep: bound directories (the Python installation) that lie under one of the private
             mounts and must stay visible on top of it.
         own_userns: give the worker a user namespace of its own and drop every capability
@@ -140,7 +142,7 @@ def setup_worker(
 def _private_mounts(workdir: str, limits: dict, uid: int | None, keep: tuple[str, ...]) -> list:
     try:
         mount("none", "/", None, MS_REC | MS_PRIVATE, None)
-        size = int(limits.get("disk_mib", 256))
+        size = int(limits["disk_mib"])
         owner = f",uid={uid},gid={uid}" if uid is not None else ""
         opts = f"size={size}m,nr_inodes=10000,mode=0700{owner}"
         # /dev/shm too: private, so shared memory is usable and leaks nothing onward.
@@ -168,11 +170,11 @@ def _resource_limits(limits: dict) -> list[str]:
     mib = 1024 * 1024
     wanted = {
         resource.RLIMIT_CORE: 0,
-        resource.RLIMIT_NOFILE: int(limits.get("max_open_files", 256)),
-        resource.RLIMIT_FSIZE: int(limits.get("disk_mib", 256)) * mib,
-        resource.RLIMIT_NPROC: int(limits.get("max_processes", 256)),
+        resource.RLIMIT_NOFILE: int(limits["max_open_files"]),
+        resource.RLIMIT_FSIZE: int(limits["disk_mib"]) * mib,
+        resource.RLIMIT_NPROC: int(limits["max_processes"]),
     }
-    if limits.get("memory_mib"):
+    if limits["memory_mib"]:
         # The preloaded libraries already map this much; the budget is on top of it.
         baseline = _current_address_space()
         wanted[resource.RLIMIT_AS] = baseline + int(limits["memory_mib"]) * mib

@@ -151,7 +151,7 @@ class Server:
                 return {"ok": True, "value": to_plain(value), "plain": True}
             except NotPlain as exc:
                 if want == "value":
-                    return {"ok": False, "kind": "not_plain", "message": str(exc)}
+                    return protocol.failure("not_plain", message=str(exc))
         return {
             "ok": True,
             "value": self._store(value),
@@ -171,7 +171,7 @@ class Server:
     def op_call(self, req):
         fn = self._resolve(req["target"])
         if isinstance(fn, _Missing):
-            return {"ok": False, "kind": "missing", "name": fn.name}
+            return protocol.failure("missing", name=fn.name)
         args = self._materialise(req.get("args") or [])
         kwargs = self._materialise(req.get("kwargs") or {})
         return self._reply_value(fn(*args, **kwargs), req.get("want", "auto"))
@@ -179,13 +179,13 @@ class Server:
     def op_value(self, req):
         obj = self._resolve(req["target"])
         if isinstance(obj, _Missing):
-            return {"ok": False, "kind": "missing", "name": obj.name}
+            return protocol.failure("missing", name=obj.name)
         return self._reply_value(obj, req.get("want", "value"))
 
     def op_type(self, req):
         obj = self._resolve(req["target"])
         if isinstance(obj, _Missing):
-            return {"ok": False, "kind": "missing", "name": obj.name}
+            return protocol.failure("missing", name=obj.name)
         return {"ok": True, "value": type(obj).__name__}
 
     def op_probe(self, req):
@@ -228,34 +228,33 @@ class Server:
             except protocol.ChannelClosed:
                 return
             op = req.get("op")
-            if op == "bye":
+            if op == "bye":  # the one operation without a handler: it ends the loop
                 self.channel.send({"ok": True})
                 return
-            handler = getattr(self, f"op_{op}", None)
+            handler = getattr(self, f"op_{op}", None) if op in protocol.OPS else None
             builtins_before = dict(vars(builtins))
             try:
                 if handler is None:
-                    reply = {"ok": False, "kind": "usage", "message": f"unknown op {op!r}"}
+                    reply = protocol.failure("usage", message=f"unknown op {op!r}")
                 else:
                     reply = handler(req)
             except KeyboardInterrupt:
-                reply = {"ok": False, "kind": "interrupted", "message": "interrupted"}
+                reply = protocol.failure("interrupted", message="interrupted")
             except BaseException as exc:  # student code may raise anything, even SystemExit
                 try:
                     reply = _exception_reply(exc)
                 except BaseException:  # an exception whose str() or traceback itself fails
-                    reply = {
-                        "ok": False,
-                        "kind": "raised",
-                        "ename": "Exception",
-                        "evalue": "(an exception that could not be printed)",
-                    }
+                    reply = protocol.failure(
+                        "raised",
+                        ename="Exception",
+                        evalue="(an exception that could not be printed)",
+                    )
             # A call from a check may have replaced builtins (json, traceback rely on them).
             restore_builtins(builtins_before)
             try:
                 self.channel.send(reply)
             except TypeError as exc:  # reply not encodable (e.g. too large)
-                self.channel.send({"ok": False, "kind": "too_large", "message": str(exc)})
+                self.channel.send(protocol.failure("too_large", message=str(exc)))
 
 
 class _Missing:
@@ -265,10 +264,9 @@ class _Missing:
 
 def _exception_reply(exc: BaseException) -> dict:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {
-        "ok": False,
-        "kind": "raised",
-        "ename": type(exc).__name__,
-        "evalue": strip_ansi(str(exc))[:2000],
-        "traceback": strip_ansi(tb)[-8000:],
-    }
+    return protocol.failure(
+        "raised",
+        ename=type(exc).__name__,
+        evalue=strip_ansi(str(exc))[:2000],
+        traceback=strip_ansi(tb)[-8000:],
+    )
