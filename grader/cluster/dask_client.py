@@ -104,7 +104,7 @@ def pack_assignment(assignment: Assignment) -> bytes:
 
 def _task(sub: Submission, max_mib: int):
     """The plain-data task for ``sub``: its notebook's bytes, or the problem found here."""
-    from grader.cluster.dask_client.dask_worker import Task
+    from grader.cluster.dask_worker import Task
     from grader.engine.notebook import load_submission
     from grader.errors import SubmissionProblem
 
@@ -148,7 +148,7 @@ def grade_on_cluster(
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    from grader.cluster.dask_client.dask_worker import GradingWorkerPlugin, grade_task
+    from grader.cluster.dask_worker import GradingWorkerPlugin, grade_task
     from grader.engine.batch import Progress, _fp, _with_fingerprint, _written
     from grader.engine.grading import grader_error
 
@@ -340,7 +340,7 @@ def run_grade_command(args, address: str, out_stream, err_stream) -> int:
             "every cluster machine."
         ) from None
     asg = assignment_mod.load(args.assignment)
-    timeouts, memory = options_mod.grading_limits(asg.limits, **vars(args))
+    limits = options_mod.grading_limits(asg.limits, **vars(args))
     out = Path(args.out)
 
     def warn(isolation: str) -> None:
@@ -355,9 +355,9 @@ def run_grade_command(args, address: str, out_stream, err_stream) -> int:
             subs,
             asg,
             checks,
-            GradeOptions(timeouts=timeouts, packages=asg.packages),  # as cli.cmd_grade
+            GradeOptions(timeouts=limits.timeouts, packages=asg.packages),  # as cli.cmd_grade
             out,
-            memory,
+            limits.worker.memory_mib,
             "off" if args.no_sandbox else "require",
             reuse=not args.force,
             on_progress=Reporter(err_stream, args.quiet),
