@@ -63,9 +63,11 @@ def student_line(text: str) -> str:
     return first
 
 
-def _student_texts(exc: BaseException) -> list[str]:
+def _student_texts(first: BaseException) -> list[str]:
     """Exception messages and type names the student's code produced, along the chain."""
-    found, seen = [], set()
+    found: list[str] = []
+    seen: set[int] = set()
+    exc: BaseException | None = first
     while exc is not None and id(exc) not in seen and len(seen) < 20:
         seen.add(id(exc))
         if isinstance(exc, StudentCodeRaised):

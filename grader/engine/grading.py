@@ -79,6 +79,8 @@ def run_submission(sub: Submission, ctx: GradingContext, slot: int = 0) -> Outco
     try:
         if sub.problem is not None:
             raise sub.problem
+        if sub.path is None:  # only a submission with a problem has no file
+            raise ValueError(f"submission {sub.id} has neither a file nor a problem")
         notebook = load_submission(sub.path, options.max_notebook_mib)
         session = NotebookSession(
             ctx.launcher, notebook.code_cells, options.timeouts, slot, options.packages

@@ -15,6 +15,7 @@ A feed hands out :class:`Job`\\ s: a submission whose notebook has run (its
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import traceback
@@ -173,7 +174,7 @@ class RunAhead:
                     self._slots.put(slot)
                     return
                 outcome = run_submission(sub, self.ctx, slot)
-                self._ready.put(Job(outcome, lambda graded, slot=slot: self._done(graded, slot)))
+                self._ready.put(Job(outcome, functools.partial(self._done, slot=slot)))
         finally:
             self._ready.put(None)  # this thread is done
 

@@ -49,6 +49,11 @@ class Remote:
     """A name or attribute path in the student's notebook (or on an object there)."""
 
     __slots__ = ("_student", "_base", "_path", "_generation", "_label")
+    _student: Student
+    _base: Handle | None
+    _path: list[str]
+    _generation: int
+    _label: str
 
     def __init__(self, student, base: Handle | None, path: list[str], generation: int, label: str):
         object.__setattr__(self, "_student", student)
@@ -158,9 +163,9 @@ class Student:
             args=[self._encode_arg(a) for a in args],
             kwargs={k: self._encode_arg(v) for k, v in kwargs.items()},
         )
-        if op == "call":
+        if ref is not None:  # a call
             message["target"] = self._target_of(ref)
-        else:
+        else:  # a probe
             message["name"] = name
         reply = self._request(message, label)
         if reply.get("plain"):

@@ -11,6 +11,7 @@ Unicode. Anything else raises :class:`BadReply`; the caller treats the worker as
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def clean_text(value: str, limit: int | None = None) -> str:
         return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-def _text(reply: dict, key: str, limit: int = MAX_TEXT, default: str | None = "") -> str:
+def _text(reply: dict, key: str, limit: int = MAX_TEXT, default: str | None = "") -> Any:
     value = reply.get(key, default)
     if value is None and default is None:
         return None
@@ -96,16 +97,16 @@ def _output(raw) -> tuple[dict, int]:
     data = raw.get("data")
     if type(data) is not dict:
         raise BadReply("a display output's data must be a dict")
-    bundle = {}
+    bundle: dict[str, str] = {}
     for mime, value in data.items():
         if type(value) is not str:
             raise BadReply(f"display data {clean_text(mime, 40)!r} must be text")
         bundle[clean_text(mime, 100)] = clean_text(value, MAX_REPLY_OUTPUT_CHARS)
-    out = {"output_type": kind, "data": bundle, "metadata": {}}
+    display: dict[str, Any] = {"output_type": kind, "data": bundle, "metadata": {}}
     if kind == "execute_result":
         count = raw.get("execution_count")
-        out["execution_count"] = count if type(count) is int and 0 <= count < 2**31 else None
-    return out, sum(len(k) + len(v) for k, v in bundle.items())
+        display["execution_count"] = count if type(count) is int and 0 <= count < 2**31 else None
+    return display, sum(len(k) + len(v) for k, v in bundle.items())
 
 
 def _run_cell(reply: dict) -> dict:

@@ -21,6 +21,7 @@ import time
 
 from grader.engine import seeding
 from grader.engine.notebook import Cell
+from grader.engine.worker_process import WorkerProcess
 from grader.errors import WorkerFailure
 from grader.outputs.results import CellRecord
 from grader.sandbox.launcher import Launcher
@@ -48,7 +49,7 @@ class NotebookSession:
         self.cells = cells
         self.timeouts = timeouts
         self.slot = slot
-        self.worker = None
+        self.worker: WorkerProcess | None = None
         self.generation = 0
         self.restarts = 0
         self.replayable: list[Cell] = []
@@ -67,7 +68,7 @@ class NotebookSession:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start(self) -> None:
-        self.worker = self.launcher.spawn(self.slot)
+        self.worker = worker = self.launcher.spawn(self.slot)
         self.generation += 1
         # Before any cell (and before a restarted worker replays them): the same seed for
         # the same submission, and the packages it may import.
@@ -77,10 +78,10 @@ class NotebookSession:
             packages=None if self.packages is None else list(self.packages),
         )
         try:
-            self.worker.request(setup, self.timeouts.call)
+            worker.request(setup, self.timeouts.call)
         except WorkerFailure:
             pass  # the first cell finds the worker dead and restarts it
-        for note in self.worker.notes:
+        for note in worker.notes:
             if note not in self.notes:
                 self.notes.append(note)
 
@@ -107,22 +108,22 @@ class NotebookSession:
                     )
                 )
                 continue
-            self.records.append(self._run_cell(cell, min(self.timeouts.cell, remaining)))
+            self.records.append(self._run_cell(cell, min(self.timeouts.cell, remaining), deadline))
 
-    def _run_cell(self, cell: Cell, timeout: float) -> CellRecord:
+    def _run_cell(self, cell: Cell, timeout: float, deadline: float) -> CellRecord:
         started = time.monotonic()
         try:
             if self.worker is None or not self.worker.alive:
                 # The replay spends the notebook's budget, not a fresh one.
-                self._restart(replay_deadline=self.notebook_deadline)
-                timeout = min(timeout, self.notebook_deadline - time.monotonic())
+                self._restart(replay_deadline=deadline)
+                timeout = min(timeout, deadline - time.monotonic())
                 if timeout <= 0:
                     raise _GiveUp(
                         f"the notebook used up its {self.timeouts.notebook:g} s "
                         "(replaying it after a crash)",
                         "NotebookTimeout",
                     )
-            reply = self.worker.request(protocol.request("run_cell", source=cell.source), timeout)
+            reply = self._live().request(protocol.request("run_cell", source=cell.source), timeout)
         except WorkerFailure as exc:
             elapsed = time.monotonic() - started
             status = "timeout" if exc.kind in ("timeout", "interrupted") else "killed"
@@ -192,7 +193,7 @@ class NotebookSession:
             if remaining <= 0:
                 break
             try:
-                self.worker.request(
+                self._live().request(
                     protocol.request("run_cell", source=cell.source),
                     min(self.timeouts.cell, remaining),
                 )
@@ -211,17 +212,18 @@ class NotebookSession:
         """
         if self.checks_deadline is None:
             self.checks_deadline = time.monotonic() + self.timeouts.checks_budget
-        self._check_budget()
+        deadline = self.checks_deadline
+        self._check_budget(deadline)
         if self.worker is None or not self.worker.alive:
             try:
                 # A replay for the checks spends the checks' budget.
-                self._restart(self.checks_deadline)
+                self._restart(deadline)
             except _GiveUp as exc:
                 raise WorkerFailure("died", str(exc)) from None
-        remaining = self._check_budget()
+        remaining = self._check_budget(deadline)
         call = timeout or self.timeouts.call
         try:
-            return self.worker.request(message, min(call, remaining))
+            return self._live().request(message, min(call, remaining))
         except WorkerFailure as exc:
             if exc.kind in ("timeout", "interrupted") and remaining < call:
                 raise WorkerFailure(
@@ -239,9 +241,15 @@ class NotebookSession:
         """Remember that the request ``key`` ran out of time: it is not asked again."""
         self._timed_out[key] = how
 
-    def _check_budget(self) -> float:
+    def _live(self) -> WorkerProcess:
+        """The current worker (a dead one fails its requests itself)."""
+        if self.worker is None:
+            raise WorkerFailure("died", "the notebook's process is no longer running")
+        return self.worker
+
+    def _check_budget(self, deadline: float) -> float:
         """The seconds left to the checks, or WorkerFailure("budget") when none are."""
-        remaining = self.checks_deadline - time.monotonic()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise WorkerFailure(
                 "budget",

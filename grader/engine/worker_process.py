@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from typing import cast
 
 from grader.engine import replies
 from grader.errors import WorkerFailure
@@ -85,7 +86,7 @@ class WorkerProcess:
         """
         if not self.alive:
             raise WorkerFailure("died", "the notebook's process is no longer running")
-        op: protocol.Op = message.get("op")
+        op = cast(protocol.Op, message.get("op"))  # made by protocol.request
         deadline = time.monotonic() + timeout
         try:
             self._send(message, deadline)
