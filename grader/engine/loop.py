@@ -59,7 +59,7 @@ class Job:
 
 
 # The next job, blocking until there is one; None when there are no more for this loop.
-Feed = Callable[[], "Job | None"]
+Feed = Callable[[], Job | None]
 
 
 class GradingLoop(GradingPlugin):
