@@ -165,16 +165,7 @@ class CellRunner:
         self.shell = InteractiveShell.instance(config=cfg)
         self.shell.display_pub = _Publisher(shell=self.shell)
         self.shell.displayhook = _Hook(shell=self.shell, cache_size=0)
-        trap = self.shell.display_trap
-        if trap is None:  # every InteractiveShell builds one; output capture relies on it
-            raise RuntimeError("IPython's shell has no display trap")
-        trap.hook = self.shell.displayhook
-        self._refuse_shell_paths()
-        # Replacing the methods of this one shell object (not subclassing InteractiveShell)
-        # keeps IPython's singleton usable by every CellRunner of the process.
-        self.shell._showtraceback = self._record_traceback  # type: ignore[method-assign]
-        # The base shell has no GUI loop; the inline backend needs none, so accept the call.
-        self.shell.enable_gui = lambda gui=None: None  # type: ignore[method-assign]
+        self._take_over_shell()
         try:
             self.shell.run_line_magic("matplotlib", "inline")
         except Exception:  # matplotlib is optional in a notebook
@@ -198,10 +189,27 @@ class CellRunner:
         self._chars += size
         self._outputs.append(output)
 
+    def _take_over_shell(self) -> None:
+        """Route the shell's displays, errors and shell commands to this runner.
+
+        The shell object's own methods are replaced: a subclass of InteractiveShell would be
+        a second singleton class, which IPython refuses (MultipleInstanceError) once the
+        process holds a plain shell.
+        """
+        shell = self.shell
+        trap = shell.display_trap
+        if trap is None:  # every InteractiveShell builds one; output capture relies on it
+            raise RuntimeError("IPython's shell has no display trap")
+        trap.hook = shell.displayhook
+        self._refuse_shell_paths()
+        shell._showtraceback = self._record_traceback  # type: ignore[method-assign]
+        # The base shell has no GUI loop; the inline backend needs none, so accept the call.
+        shell.enable_gui = lambda gui=None: None  # type: ignore[method-assign]
+
     def _refuse_shell_paths(self) -> None:
         """One shell policy for every way IPython offers to run a command."""
         shell = self.shell
-        # The shell's own methods are replaced (see __init__ for why not a subclass).
+        # The shell's own methods are replaced (see _take_over_shell for why).
         shell.system = shell.system_raw = shell.system_piped = self._refuse_shell  # type: ignore[method-assign]
         shell.getoutput = self._refuse_getoutput  # type: ignore[method-assign]
         manager = shell.magics_manager
