@@ -27,6 +27,11 @@ _SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
 RESERVED_IDS = frozenset({"grades.csv", "submissions.csv", "manual.csv", "report.html"})
 
 
+# (file stem, origin, path to read or None, problem or None): one notebook found, before
+# collect() gives it a unique id.
+_Found = tuple[str, str, Path | None, SubmissionProblem | None]
+
+
 def _reserved(sub_id: str) -> bool:
     return sub_id.lower() in RESERVED_IDS
 
@@ -44,8 +49,8 @@ def _clean_id(text: str) -> str:
     return text or "submission"
 
 
-def _scan_dir(root: Path) -> list[tuple[str, str, Path | None, SubmissionProblem | None]]:
-    found = []
+def _scan_dir(root: Path) -> list[_Found]:
+    found: list[_Found] = []
     real_root = root.resolve()
     for path in sorted(root.rglob("*.ipynb")):
         rel = path.relative_to(root)
@@ -74,8 +79,8 @@ def _scan_dir(root: Path) -> list[tuple[str, str, Path | None, SubmissionProblem
     return found
 
 
-def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
-    found = []
+def _extract_zip(archive: Path, dest: Path) -> list[_Found]:
+    found: list[_Found] = []
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -193,7 +198,7 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     Raises:
         StaffError: a PATH does not exist or is not a notebook, folder or zip.
     """
-    raw: list[tuple] = []
+    raw: list[_Found] = []
     for path in paths:
         if not path.exists() and not path.is_symlink():
             raise StaffError(f"{path} does not exist. Give .ipynb files, folders or .zip archives.")
@@ -214,7 +219,7 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     taken = {_clean_id(r[0]) for r in raw} | RESERVED_IDS
     first: set[str] = set()
     subs = []
-    for stem, origin, path, problem in raw:
+    for stem, origin, nb_path, problem in raw:
         base = _clean_id(stem)
         if base not in first and not _reserved(base):
             first.add(base)
@@ -225,5 +230,5 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
                 n += 1
             sub_id = f"{base}-{n}"
             taken.add(sub_id)
-        subs.append(Submission(sub_id, origin, path, problem))
+        subs.append(Submission(sub_id, origin, nb_path, problem))
     return sorted(subs, key=lambda s: s.id)
