@@ -80,104 +80,96 @@ def _scan_dir(root: Path) -> list[_Found]:
 
 
 def _extract_zip(archive: Path, dest: Path) -> list[_Found]:
-    found: list[_Found] = []
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        return [
-            (
-                archive.stem,
-                str(archive),
-                None,
-                SubmissionProblem("bad_archive", f"{archive.name} is not a readable zip ({exc})."),
-            )
-        ]
+        problem = SubmissionProblem("bad_archive", f"{archive.name} is not a readable zip ({exc}).")
+        return [(archive.stem, str(archive), None, problem)]
     with zf:
         members = zf.infolist()
         if len(members) > MAX_ZIP_MEMBERS:
-            return [
-                (
-                    archive.stem,
-                    str(archive),
-                    None,
-                    SubmissionProblem(
-                        "bad_archive",
-                        f"{archive.name} has {len(members)} entries (limit {MAX_ZIP_MEMBERS}).",
-                    ),
-                )
-            ]
-        total = 0
+            problem = SubmissionProblem(
+                "bad_archive",
+                f"{archive.name} has {len(members)} entries (limit {MAX_ZIP_MEMBERS}).",
+            )
+            return [(archive.stem, str(archive), None, problem)]
         dest.mkdir(parents=True, exist_ok=True)
         # A fresh folder per archive: two archives with the same name must not mix members.
         target_root = Path(tempfile.mkdtemp(prefix=_clean_id(archive.stem) + "-", dir=dest))
-        for info in sorted(members, key=lambda m: m.filename):
-            name = info.filename
-            if info.is_dir() or not name.endswith(".ipynb"):
-                continue
-            pure = PurePosixPath(name.replace("\\", "/"))
-            if any(part in _SKIP_PARTS for part in pure.parts):
-                continue
-            origin = f"{archive}:{name}"
-            sub_id = "_".join(pure.with_suffix("").parts)
-            mode = info.external_attr >> 16
-            if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name):
-                problem = SubmissionProblem(
-                    "unsafe_path",
-                    f"the archive entry {name!r} points outside the archive; it was not extracted.",
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            if stat.S_ISLNK(mode):
-                problem = SubmissionProblem(
-                    "unsafe_path", f"the archive entry {name!r} is a link; it was not extracted."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            # Only what is extracted counts toward the archive's total: a refused member
-            # must not make the notebooks after it too large.
-            if (
-                info.file_size > MAX_ZIP_MEMBER_BYTES
-                or total + info.file_size > MAX_ZIP_TOTAL_BYTES
-            ):
-                problem = SubmissionProblem(
-                    "too_large", f"the archive entry {name!r} is too large to extract."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            out = target_root.joinpath(*pure.parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    copied = 0
-                    while chunk := src.read(1 << 20):
-                        copied += len(chunk)
-                        if copied > MAX_ZIP_MEMBER_BYTES:  # the header may lie about the size
-                            break
-                        dst.write(chunk)
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                RuntimeError,
-                NotImplementedError,
-            ) as exc:
-                # corrupt data, a bad CRC, a password or an unsupported compression method
-                out.unlink(missing_ok=True)
-                problem = SubmissionProblem(
-                    "bad_archive", f"the archive entry {name!r} could not be extracted ({exc})."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            if copied > MAX_ZIP_MEMBER_BYTES or total + copied > MAX_ZIP_TOTAL_BYTES:
+        return _extract_members(zf, archive, target_root)
+
+
+def _extract_members(zf: zipfile.ZipFile, archive: Path, target_root: Path) -> list[_Found]:
+    found: list[_Found] = []
+    total = 0
+    for info in sorted(zf.infolist(), key=lambda m: m.filename):
+        name = info.filename
+        if info.is_dir() or not name.endswith(".ipynb"):
+            continue
+        pure = PurePosixPath(name.replace("\\", "/"))
+        if any(part in _SKIP_PARTS for part in pure.parts):
+            continue
+        origin = f"{archive}:{name}"
+        sub_id = "_".join(pure.with_suffix("").parts)
+        # Only what is extracted counts toward the archive's total: a refused member
+        # must not make the notebooks after it too large.
+        problem = _refusal(info, pure, total)
+        out = target_root.joinpath(*pure.parts)
+        if problem is None:
+            copied, problem = _copy_member(zf, info, out)
+            if problem is None and total + copied > MAX_ZIP_TOTAL_BYTES:
                 out.unlink()
-                problem = SubmissionProblem(
-                    "too_large", f"the archive entry {name!r} is too large to extract."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            total += copied
-            found.append((sub_id, origin, out, None))
+                problem = _too_large(name)
+            if problem is None:
+                total += copied
+        found.append((sub_id, origin, None, problem) if problem else (sub_id, origin, out, None))
     return found
+
+
+def _too_large(name: str) -> SubmissionProblem:
+    return SubmissionProblem("too_large", f"the archive entry {name!r} is too large to extract.")
+
+
+def _refusal(info: zipfile.ZipInfo, pure: PurePosixPath, total: int) -> SubmissionProblem | None:
+    """Why a member must not be extracted, judged from its header alone."""
+    name = info.filename
+    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name):
+        return SubmissionProblem(
+            "unsafe_path",
+            f"the archive entry {name!r} points outside the archive; it was not extracted.",
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return SubmissionProblem(
+            "unsafe_path", f"the archive entry {name!r} is a link; it was not extracted."
+        )
+    if info.file_size > MAX_ZIP_MEMBER_BYTES or total + info.file_size > MAX_ZIP_TOTAL_BYTES:
+        return _too_large(name)
+    return None
+
+
+def _copy_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path
+) -> tuple[int, SubmissionProblem | None]:
+    """Extract one member, at most MAX_ZIP_MEMBER_BYTES of it: the header may lie."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    try:
+        with zf.open(info) as src, open(out, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > MAX_ZIP_MEMBER_BYTES:
+                    break
+                dst.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
+        # corrupt data, a bad CRC, a password or an unsupported compression method
+        out.unlink(missing_ok=True)
+        return copied, SubmissionProblem(
+            "bad_archive", f"the archive entry {info.filename!r} could not be extracted ({exc})."
+        )
+    if copied > MAX_ZIP_MEMBER_BYTES:
+        out.unlink()
+        return copied, _too_large(info.filename)
+    return copied, None
 
 
 def collect_to_grade(paths: list[str], extract_to: Path) -> list[Submission]:
