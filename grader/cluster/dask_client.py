@@ -165,8 +165,8 @@ def grade_on_cluster(
     todo: list[Submission] = []
     fps = {s.id: _fp(s, assignment, options) for s in subs}
     for sub in subs:
-        previous = writers.load_result(out, sub.id) if reuse else None
-        if previous and previous.fingerprint == fps[sub.id]:
+        previous = writers.reusable(out, sub.id, fps[sub.id], assignment.title) if reuse else None
+        if previous:
             results[sub.id] = previous
             if on_progress:
                 on_progress(Progress(len(results), len(subs), previous, True))

@@ -60,8 +60,9 @@ def grade_batch(
     results: dict[str, SubmissionResult] = {}
     todo: list[Submission] = []
     for sub in subs:
-        previous = writers.load_result(out, sub.id) if (out and reuse) else None
-        if previous and previous.fingerprint == _fp(sub, assignment, options):
+        fp = _fp(sub, assignment, options)
+        previous = writers.reusable(out, sub.id, fp, assignment.title) if (out and reuse) else None
+        if previous:
             results[sub.id] = previous
             if on_progress:
                 on_progress(Progress(len(results), len(subs), previous, True))
