@@ -194,18 +194,25 @@ def mini(mini_assignment):
     return asg, collect_checks(asg)
 
 
-def grade_again(tmp_path: Path, mini) -> tuple[dict[str, Progress], Path]:
-    """Grade alice's full-marks notebook into tmp_path/out, reusing what is there."""
-    asg, checks = mini
+OPTIONS = GradeOptions(timeouts=Timeouts(cell=10, notebook=30, call=5))
+
+
+def alice(tmp_path: Path) -> list[Submission]:
     path = tmp_path / "alice.ipynb"
     if not path.exists():
         write_nb(path, CORR2D, SCALE)
+    return [Submission("alice", str(path), path)]
+
+
+def grade_again(tmp_path: Path, mini) -> tuple[dict[str, Progress], Path]:
+    """Grade alice's full-marks notebook into tmp_path/out, reusing what is there."""
+    asg, checks = mini
     out = tmp_path / "out"
-    options = GradeOptions(timeouts=Timeouts(cell=10, notebook=30, call=5))
+    options = OPTIONS
     progress: list[Progress] = []
     launcher = ExecLauncher()
     try:
-        subs = [Submission("alice", str(path), path)]
+        subs = alice(tmp_path)
         grade_batch(
             subs, asg, checks, launcher, options, out, reuse=True, on_progress=progress.append
         )
@@ -246,3 +253,30 @@ def test_a_format_that_fails_on_a_reused_result_regrades_it_and_says_so(tmp_path
     assert not second["alice"].reused
     assert second["alice"].result.status == "grader_error"
     assert "this format has a bug" in second["alice"].result.staff_details
+
+
+def test_the_cluster_client_renders_the_missing_files_of_reused_results_too(tmp_path, mini):
+    pytest.importorskip("distributed")
+    from grader.cluster.dask_client import grade_on_cluster
+
+    _, out = grade_again(tmp_path, mini)
+    before = contents(out / "alice")
+    (out / "alice" / "feedback.md").unlink()
+    progress: list[Progress] = []
+
+    # Everything is reused, so no scheduler is needed: nothing listens at this address.
+    asg, checks = mini
+    grade_on_cluster(
+        "tcp://127.0.0.1:9",
+        alice(tmp_path),
+        asg,
+        checks,
+        OPTIONS,
+        out,
+        512,
+        "auto",
+        on_progress=progress.append,
+    )
+
+    assert [p.reused for p in progress] == [True]
+    assert contents(out / "alice") == before

@@ -256,6 +256,8 @@ class ExecutedNotebook(SubmissionRenderer):
 
 @register
 class GradesCsv(BatchRenderer):
+    """One row per submission: score, status and the points of each question."""
+
     file_name = "grades.csv"
 
     def render(self, batch: BatchInput) -> str:
@@ -264,6 +266,8 @@ class GradesCsv(BatchRenderer):
 
 @register
 class SubmissionsCsv(BatchRenderer):
+    """Which file each submission id was read from."""
+
     file_name = "submissions.csv"
 
     def render(self, batch: BatchInput) -> str:
@@ -272,6 +276,8 @@ class SubmissionsCsv(BatchRenderer):
 
 @register
 class ManualCsv(BatchRenderer):
+    """The free-text answers, for staff to grade by hand."""
+
     file_name = "manual.csv"
 
     def render(self, batch: BatchInput) -> str:
