@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -293,7 +294,9 @@ def _write(path: Path, data: Rendered) -> None:
     atomic_write(path, clean_text(data) if isinstance(data, str) else data)
 
 
-def write_submission(out: Path, result: SubmissionResult, executed, title: str = "") -> None:
+def write_submission(
+    out: Path, result: SubmissionResult, executed: nbformat.NotebookNode | None, title: str = ""
+) -> None:
     """Write every registered per-submission file of ``result`` into ``out/<submission>/``."""
     item = SubmissionInput(result, title, executed)
     for renderer in submission_renderers():
@@ -302,7 +305,7 @@ def write_submission(out: Path, result: SubmissionResult, executed, title: str =
             _write(out / result.submission / renderer.file_name, data)
 
 
-def write_summary(out: Path, results: list[SubmissionResult], question_ids) -> None:
+def write_summary(out: Path, results: list[SubmissionResult], question_ids: Iterable[str]) -> None:
     """Write every registered per-batch file (grades.csv, ...) into ``out``."""
     batch = BatchInput(tuple(results), tuple(question_ids))
     for renderer in batch_renderers():
