@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from grader.errors import StaffError, SubmissionProblem
+from grader.outputs import writers
 
 MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_MEMBER_BYTES = 200 * 1024 * 1024
@@ -24,7 +25,13 @@ _SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
 # Files that writers put at the top of --out, next to one folder per submission id
 # (`convgrade report` writes report.html there). No submission may take one of these names,
 # in any letter case (some file systems ignore it).
-RESERVED_IDS = frozenset({"grades.csv", "submissions.csv", "manual.csv", "report.html"})
+# Written next to the submission folders by `convgrade report`, outside the writers' registry.
+_REPORT_FILE = "report.html"
+
+
+def reserved_ids() -> frozenset[str]:
+    """Names no submission folder may take: the files a batch writes beside them."""
+    return frozenset({_REPORT_FILE, *writers.batch_file_names()})
 
 
 # (file stem, origin, path to read or None, problem or None): one notebook found, before
@@ -33,7 +40,7 @@ _Found = tuple[str, str, Path | None, SubmissionProblem | None]
 
 
 def _reserved(sub_id: str) -> bool:
-    return sub_id.lower() in RESERVED_IDS
+    return sub_id.lower() in reserved_ids()
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,7 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     # Every plain id is kept for the first submission that has it; a duplicate gets the first
     # free "-2", "-3"... so it can collide neither with another stem (say "hw-2") nor with the
     # files that sit next to the submission folders in --out.
-    taken = {_clean_id(r[0]) for r in raw} | RESERVED_IDS
+    taken = {_clean_id(r[0]) for r in raw} | reserved_ids()
     first: set[str] = set()
     subs = []
     for stem, origin, nb_path, problem in raw:

@@ -5,9 +5,8 @@ submission's folder (``feedback.md``); a :class:`BatchRenderer` turns the result
 batch into one file at the top of ``--out`` (``grades.csv``). :func:`register` adds a format
 to the registry, under its file name; :mod:`grader.outputs.writers` registers the built-in
 formats and writes every registered one, for fresh results and for the files that a reused
-result is missing. A new format is thus one renderer plus a golden file in ``tests/golden/``
-(and, for a batch file, its name in ``grader.engine.submissions.RESERVED_IDS``, so that no
-submission folder takes it).
+result is missing. A new format is thus one renderer plus a golden file in ``tests/golden/``;
+a batch format's file name is reserved from then on, so no submission folder takes it.
 
 Renderers read records only: they never grade, and they hold no state.
 """

@@ -294,6 +294,11 @@ def _write(path: Path, data: Rendered) -> None:
     atomic_write(path, clean_text(data) if isinstance(data, str) else data)
 
 
+def batch_file_names() -> tuple[str, ...]:
+    """The files every registered per-batch format writes beside the submission folders."""
+    return tuple(r.file_name for r in batch_renderers())
+
+
 def write_submission(
     out: Path, result: SubmissionResult, executed: nbformat.NotebookNode | None, title: str = ""
 ) -> None:
