@@ -29,7 +29,7 @@ from grader.engine.proxy import (
 )
 from grader.engine.session import NotebookSession, Timeouts
 from grader.engine.submissions import Submission
-from grader.worker import protocol
+from grader.worker import executor, protocol
 
 pytestmark = pytest.mark.usefixtures("short_grace")
 
@@ -142,6 +142,9 @@ class Acc:
 
 def total_of(acc):
     return acc.total
+
+def total_of_all(accs, more, by):
+    return sum(a.total for a in [*accs, *more]) + by["extra"].total
 
 def not_yet():
     raise NotImplementedError("write me")
@@ -352,3 +355,118 @@ def test_a_crash_in_the_middle_costs_no_points_the_replay_can_save(
     assert (result.status, result.score) == ("crashed", 5)
     assert result.execution.restarts == 1
     assert "cell 3: the notebook's process exited or crashed" in result.errors
+
+
+# --- what crosses back: real data only ---------------------------------------------------------
+
+CLAIMS = """
+import numpy as np
+
+class LyingInt(int):
+    def __eq__(self, other):
+        return True
+
+class LyingStr(str):
+    def __str__(self):
+        return "forged"
+
+class Tensorish:
+    def numpy(self):
+        return np.ones(2)
+
+class Broken:
+    def numpy(self):
+        raise ValueError("no")
+
+class TensorShape:
+    def __init__(self, dims):
+        self.dims = dims
+
+    def as_list(self):
+        if self.dims is None:
+            raise ValueError("unknown rank")
+        return self.dims
+
+nested = []
+for _ in range(40):
+    nested = [nested]
+
+lying_int = LyingInt(3)
+lying_float = type("LyingFloat", (float,), {"__float__": lambda self: 0.0})(2.5)
+lying_str = LyingStr("real")
+tensor = Tensorish()
+broken = Broken()
+shape = TensorShape([2, None])
+no_rank = TensorShape(None)
+objects = np.array([object()])
+int_keys = {1: "a"}
+long_text = "z" * 1_000_001
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("lying_int", 3),
+        ("lying_float", 2.5),
+        ("lying_str", "real"),
+        ("tensor", [1.0, 1.0]),
+        ("shape", (2, None)),
+    ],
+)
+def test_an_object_that_claims_to_be_data_is_sent_as_what_it_really_holds(run, name, expected):
+    student = Student(run(CLAIMS))
+
+    value = student.value(getattr(student, name))
+
+    assert type(value) is type(np.asarray(expected) if name == "tensor" else expected)
+    np.testing.assert_equal(value, np.asarray(expected) if name == "tensor" else expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("broken", r"\.numpy\(\) raised ValueError"),
+        ("no_rank", "shape of unknown rank"),
+        ("objects", "array of dtype object"),
+        ("int_keys", "dict with non-str keys"),
+        ("nested", "nested too deeply"),
+        ("long_text", "string too long"),
+    ],
+)
+def test_what_is_not_plain_data_stays_in_the_worker(run, name, why):
+    student = Student(run(CLAIMS))
+
+    with pytest.raises(NotPlainData, match=rf"^`{name}` is not an array or number \(it is {why}\)"):
+        student.value(getattr(student, name))
+    assert student.type_name(getattr(student, name)) != ""  # still there, as a handle would be
+
+
+def test_objects_inside_lists_tuples_and_dicts_are_passed_as_handles(student):
+    one, two, three = student.Acc(1), student.Acc(2), student.Acc(4)
+
+    assert student.total_of_all([one, two], (three,), by={"extra": three}) == 11
+    assert student.code_cells() == (DEFINITIONS,)
+    with pytest.raises(AttributeError):
+        student._private  # noqa: B018
+
+
+# --- what a cell shows -------------------------------------------------------------------------
+
+
+def test_a_cells_outputs_are_bounded_and_cleared_as_ipython_does(run):
+    session = run(
+        "print('p' * 100_000)",
+        "from IPython.display import HTML, clear_output, display\n"
+        "display('gone')\nclear_output()\ndisplay('kept')",
+        "for _ in range(6):\n    display(HTML('h' * 60_000))",
+        "class Long:\n    def __repr__(self):\n        return 'y' * 70_000\nLong()",
+    )
+    printed, cleared, many, long = (session.outputs[i] for i in range(4))
+
+    cut = 100_001 - executor.MAX_STREAM_CHARS  # print adds a newline
+    assert printed[0]["text"].endswith(f"[convgrade: {cut} more characters of output were cut]\n")
+    assert [o["data"]["text/plain"] for o in cleared] == ["'kept'"]
+    assert len(many) == executor.MAX_CELL_OUTPUT_CHARS // 60_000  # the rest was dropped
+    text = long[0]["data"]["text/plain"]
+    assert text == "y" * executor.MAX_STREAM_CHARS + " [cut]"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fakeworker import FakeWorker, cell_reply, cells, serve_forever, sources_run
 
-from grader.engine import grading
+from grader.engine import grading, worker_process
 from grader.engine import session as session_mod
 from grader.engine.grading import GRADER_ERROR_MESSAGE, GradeOptions, Prepared
 from grader.engine.proxy import (
@@ -36,6 +36,12 @@ from grader.outputs.results import CheckResult
 pytestmark = pytest.mark.usefixtures("short_grace")
 
 DEFAULTS = Timeouts()
+
+
+@pytest.fixture
+def long_grace(monkeypatch):
+    """Room for a worker that answers after its deadline, within the grace period."""
+    monkeypatch.setattr(worker_process, "GRACE_SECONDS", 1.5)
 
 
 def die(fake: FakeWorker) -> None:
@@ -257,17 +263,17 @@ def test_a_request_that_ran_out_of_time_is_not_asked_again(launchers, ask, name,
     session.close()
 
 
-def test_a_call_interrupted_in_time_keeps_its_worker_and_is_not_asked_again(launchers):
+def test_a_call_interrupted_in_time_keeps_its_worker_and_is_not_asked_again(launchers, long_grace):
     def late(fake):
-        time.sleep(0.45)  # past the 0.3 s call, within the 0.3 s grace period
+        time.sleep(0.5)  # past the 0.2 s call, well within the grace period
         return {"ok": False, "kind": "interrupted", "message": "interrupted"}
 
     launcher = launchers(worker(calls={"late": late}))
-    session = started(launcher, "x = 1", timeouts=Timeouts(call=0.3))
+    session = started(launcher, "x = 1", timeouts=Timeouts(call=0.2))
     student = Student(session)
 
     with pytest.raises(
-        WorkerGone, match=r"^`late\(\.\.\.\)` did not finish within 0.3 s: is there"
+        WorkerGone, match=r"^`late\(\.\.\.\)` did not finish within 0.2 s: is there"
     ):
         student.late()
     with pytest.raises(WorkerGone, match=r"^`late\(\.\.\.\)` was not called again"):
@@ -467,3 +473,44 @@ def test_checks_run_against_the_prepared_session_make_the_row(launchers, mini, m
     assert result.staff_details == "details for staff"
     assert [c.status for c in result.execution.cells] == ["ok", "ok"]
     assert dict((q, s) for q, s, _ in result.questions)[checks[0].question] == checks[0].points
+
+
+def test_a_cell_that_stops_when_interrupted_keeps_its_worker(launchers, long_grace):
+    def late(fake):
+        time.sleep(0.5)  # past the 0.3 s cell, well within the grace period
+        return cell_reply(error={"ename": "KeyboardInterrupt", "evalue": "", "traceback": ""})
+
+    launcher = launchers(worker({"late": late}))
+    session = started(launcher, "a = 1", "late", "b = 2", timeouts=Timeouts(cell=0.3))
+    session.close()
+
+    assert statuses(session) == ["ok", "timeout", "ok"]
+    assert session.records[1].evalue == "did not finish within 0.3 s"
+    assert session.outputs[1] == [
+        {
+            "output_type": "error",
+            "ename": "TimeoutError",
+            "evalue": "did not finish within 0.3 s",
+            "traceback": [],
+        }
+    ]
+    assert len(launcher.spawned) == 1 and session.restarts == 0
+    assert grading._status(session) == "timeout"
+
+
+def test_once_the_checks_budget_is_spent_no_request_reaches_the_worker(launchers):
+    def slow(fake):
+        time.sleep(0.35)
+        return {"ok": True, "plain": True, "value": 1}
+
+    launcher = launchers(worker(calls={"slow": slow}))
+    session = started(launcher, "x = 1", timeouts=Timeouts(call=5, checks=0.3))
+    student = Student(session)
+
+    with pytest.raises(WorkerGone, match=r"was stopped when the checks used up their 0.3 s"):
+        student.slow()
+    asked = len(launcher.spawned[0].requests)
+    with pytest.raises(WorkerGone, match=r"^`f\(\.\.\.\)` could not be run: the checks used up"):
+        student.f()
+    assert len(launcher.spawned[0].requests) == asked
+    session.close()
