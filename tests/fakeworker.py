@@ -228,3 +228,19 @@ class TensorFlowHidden:
         for name, module in self._saved.items():
             sys.modules.setdefault(name, module)
         imports.configure(None)  # what a setup request set stays in this process otherwise
+
+
+class InProcessLauncher(FakeLauncher):
+    """What a batch needs of a launcher, spawning :func:`real_worker` workers in this process."""
+
+    warm = False  # no zygote: the batch grades in this process, one submission at a time
+    channels = 1
+
+    def __init__(self, cues: dict[str, str] | None = None) -> None:
+        from grader.sandbox.launcher import Isolation
+
+        super().__init__(real_worker(cues))
+        self.isolation = Isolation(sandboxed=False, notes=("in-process workers for tests",))
+
+    def start(self, wait: bool = True) -> None:
+        pass

@@ -14,9 +14,10 @@ import time
 import nbformat
 import numpy as np
 import pytest
-from fakeworker import TensorFlowHidden, cells, real_worker, sources_run
+from fakeworker import InProcessLauncher, TensorFlowHidden, cells, real_worker, sources_run
 
 from grader.engine import grading
+from grader.engine.batch import grade_batch
 from grader.engine.grading import GradeOptions
 from grader.engine.proxy import (
     CheckFailure,
@@ -470,3 +471,33 @@ def test_a_cells_outputs_are_bounded_and_cleared_as_ipython_does(run):
     assert len(many) == executor.MAX_CELL_OUTPUT_CHARS // 60_000  # the rest was dropped
     text = long[0]["data"]["text/plain"]
     assert text == "y" * executor.MAX_STREAM_CHARS + " [cut]"
+
+
+def test_a_batch_grades_each_submission_once_and_reuses_unchanged_results(
+    mini, mini_assignment, tmp_path
+):
+    asg, checks = mini
+    examples = mini_assignment / "examples"
+    subs = [Submission(n, f"{n}.ipynb", examples / f"{n}.ipynb") for n in ("good", "partial")]
+    options = GradeOptions(timeouts=FAST)
+    runs = []
+    for _ in range(2):
+        launcher, progress = InProcessLauncher(CUES), []
+        try:
+            results = grade_batch(
+                subs, asg, checks, launcher, options, tmp_path, on_progress=progress.append
+            )
+        finally:
+            launcher.close()
+        runs.append((results, progress, len(launcher.spawned)))
+
+    (first, seen_first, spawned_first), (second, seen_second, spawned_second) = runs
+    assert [(r.submission, r.score, r.status) for r in first] == [
+        ("good", 5, "graded"),
+        ("partial", 2, "graded"),
+    ]
+    assert spawned_first == 2 and not any(p.reused for p in seen_first)
+    assert [r.to_dict() for r in second] == [r.to_dict() for r in first]
+    assert spawned_second == 0 and all(p.reused for p in seen_second)
+    assert [p.done for p in seen_second] == [1, 2]
+    assert (tmp_path / "grades.csv").read_text().count("\n") == 3
