@@ -30,7 +30,7 @@ from grader.engine.proxy import (
 )
 from grader.engine.session import NotebookSession, Timeouts
 from grader.engine.submissions import Submission
-from grader.worker import executor, protocol
+from grader.worker import executor, protocol, serve
 
 pytestmark = pytest.mark.usefixtures("short_grace")
 
@@ -247,6 +247,48 @@ def test_what_the_student_code_did_wrong_is_said_plainly(student, call, error, m
         call(student)
     # The worker survives all of these and answers the next call.
     np.testing.assert_array_equal(student.double(1), 2)
+
+
+def test_a_missing_name_is_said_plainly_whatever_is_asked_of_it(student):
+    with pytest.raises(MissingName, match=r"^your notebook does not define `nothing`$"):
+        student.value(student.nothing)
+    with pytest.raises(MissingName, match=r"^your notebook does not define `nothing`$"):
+        student.type_name(student.nothing)
+
+
+def test_a_check_that_keeps_too_many_objects_alive_is_stopped(student, monkeypatch):
+    monkeypatch.setattr(serve, "MAX_HANDLES", 2)
+    kept = [student.Acc(1), student.Acc(2)]
+    assert [k.add(0) for k in kept] == [1, 2]
+
+    with pytest.raises(StudentCodeRaised, match=r"RuntimeError: too many live objects$"):
+        student.Acc(3)
+
+
+def test_a_call_stopped_by_an_interrupt_is_a_failed_check(run):
+    session = run("def stop():\n    raise KeyboardInterrupt")
+
+    with pytest.raises(CheckFailure, match=r"^`stop\(\.\.\.\)` failed: interrupted$"):
+        Student(session).stop()
+
+
+def test_a_request_without_a_target_is_refused_by_the_worker(student):
+    reply = student._session.request({"op": "value", "target": {"base": None, "path": []}})
+
+    assert (reply["ok"], reply["kind"], reply["ename"], reply["evalue"]) == (
+        False,
+        "raised",
+        "ValueError",
+        "empty target",
+    )
+
+
+def test_a_shell_prepared_in_the_zygote_serves_one_worker_only():
+    executor.prepare_runner()
+    prepared = executor._prepared
+
+    assert executor.take_runner() is prepared
+    assert executor.take_runner() is not prepared  # the next worker builds its own
 
 
 def test_a_check_that_replaces_a_builtin_does_not_break_the_worker(student):

@@ -420,6 +420,22 @@ def test_a_submission_that_cannot_be_graded_is_a_student_facing_row(launchers, m
     assert {t.message for t in result.tests} == {f"not graded: {prep.problem.message}"}
 
 
+def test_a_launcher_that_fails_is_a_grader_error_row_not_the_students_fault(mini, mini_assignment):
+    class Broken:
+        def spawn(self, slot: int = 0):
+            raise OSError("the zygote is gone")
+
+    asg, checks = mini
+    sub = Submission("s1", "s1.ipynb", mini_assignment / "examples" / "good.ipynb")
+    prep = grading.prepare(sub, Broken(), GradeOptions())
+
+    result = grading.finish(prep, asg, checks, GradeOptions(), "none")
+
+    assert "OSError: the zygote is gone" in prep.bug
+    assert (result.status, result.errors) == ("grader_error", (GRADER_ERROR_MESSAGE,))
+    assert "OSError: the zygote is gone" in result.staff_details
+
+
 def boom(session):
     raise RuntimeError("the plugin broke")
 
