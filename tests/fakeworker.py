@@ -25,7 +25,7 @@ import time
 
 from grader.engine.notebook import Cell
 from grader.engine.worker_process import WorkerProcess
-from grader.worker import imports, protocol
+from grader.worker import protocol
 from grader.worker.serve import Server
 
 # Ignores SIGINT as a stubborn student loop would; only SIGKILL ends it.
@@ -183,7 +183,12 @@ class _Recorded(protocol.Channel):
 
 
 def real_worker(cues: dict[str, str] | None = None):
-    """A script: a fresh IPython shell served by :class:`CuedServer`, for each (re)start."""
+    """A script: a fresh IPython shell served by :class:`CuedServer`, for each (re)start.
+
+    The cells run in the test's own process: only a test's own cells belong there. What a
+    setup request configures (:func:`grader.worker.imports.configure`) stays set in this
+    process; a test that sends packages resets it.
+    """
 
     def script(fake: FakeWorker) -> None:
         from IPython.core.interactiveshell import InteractiveShell
@@ -227,7 +232,6 @@ class TensorFlowHidden:
         sys.meta_path.remove(self)
         for name, module in self._saved.items():
             sys.modules.setdefault(name, module)
-        imports.configure(None)  # what a setup request set stays in this process otherwise
 
 
 class InProcessLauncher(FakeLauncher):

@@ -30,7 +30,7 @@ from grader.engine.proxy import (
 )
 from grader.engine.session import NotebookSession, Timeouts
 from grader.engine.submissions import Submission
-from grader.worker import executor, protocol, serve
+from grader.worker import executor, imports, protocol, serve
 
 pytestmark = pytest.mark.usefixtures("short_grace")
 
@@ -42,6 +42,8 @@ FAST = Timeouts(cell=5, notebook=30, call=5)
 def no_tensorflow():
     with TensorFlowHidden() as hidden:
         yield hidden
+    # A setup request configured the import policy in this process: back to "anything".
+    imports.configure(None)
     assert hidden.attempts == [], "the runtime imported TensorFlow"
 
 
