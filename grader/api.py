@@ -60,7 +60,7 @@ def grade_notebook(
     source = iter([Submission(path.stem, str(path), path)])
     graded: list[Graded] = []
     try:
-        ctx = GradingContext(asg, tuple(checks), launcher, opts)
+        ctx = GradingContext(asg, tuple(checks), launcher, opts, launcher.isolation.describe())
         feed = RunAhead(ctx, lambda: next(source, None), graded.append)
         GradingLoop(ctx, feed).run()
         feed.join()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import numpy.typing as npt
 
 from grader.engine.proxy import (
     CheckFailure,
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def as_array(got, what: str) -> np.ndarray:
+def as_array(got: object, what: str) -> np.ndarray:
     """``got`` as a float64 array, or a failure that says what the student returned instead."""
     if isinstance(got, Remote):
         raise CheckFailure(f"{what} returned a {got._label.split('-> ')[-1]}, expected an array")
@@ -45,14 +47,16 @@ def as_array(got, what: str) -> np.ndarray:
     return arr
 
 
-def expect_shape(got, shape: tuple, what: str) -> np.ndarray:
+def expect_shape(got: object, shape: Sequence[int], what: str) -> np.ndarray:
     arr = as_array(got, what)
     if arr.shape != tuple(shape):
         raise CheckFailure(f"{what} has shape {arr.shape}, expected shape {tuple(shape)}")
     return arr
 
 
-def expect_close(got, want, what: str, atol: float = 1e-4, rtol: float = 1e-4) -> np.ndarray:
+def expect_close(
+    got: object, want: npt.ArrayLike, what: str, atol: float = 1e-4, rtol: float = 1e-4
+) -> np.ndarray:
     """Fail with a message naming the shape or the first wrong entry; returns the array."""
     want = np.asarray(want, dtype=np.float64)
     arr = expect_shape(got, want.shape, what)

@@ -34,7 +34,7 @@ def context(root: Path, launcher, checks=None) -> GradingContext:
     asg = assignment_mod.load(root)
     checks = collect_checks(asg) if checks is None else checks
     options = GradeOptions(timeouts=Timeouts(cell=10, notebook=30, call=5))
-    return GradingContext(asg, tuple(checks), launcher, options)
+    return GradingContext(asg, tuple(checks), launcher, options, launcher.isolation.describe())
 
 
 def grade_all(ctx: GradingContext, outcomes: list[Outcome]) -> list[Graded]:

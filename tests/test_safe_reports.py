@@ -131,7 +131,7 @@ def test_every_name_the_writers_put_next_to_submissions_is_reserved(tmp_path):
 
     top_files = {p.name for p in tmp_path.iterdir() if p.is_file()}
 
-    assert top_files <= submissions.RESERVED_IDS
+    assert top_files <= submissions.reserved_ids()
 
 
 def test_the_report_works_after_a_submission_named_report_html(tmp_path):

@@ -1,7 +1,8 @@
 """Writers: grades.csv, result.json, feedback.md and Gradescope's results.json.
 
 The rendered files are compared with golden files in ``tests/golden/`` through one
-normalisation function. After an intended change of the output, regenerate them with::
+normalisation function; every registered output format must have its golden file. After an
+intended change of the output (or for a new format), regenerate them with::
 
     UPDATE_GOLDEN=1 python -m pytest tests/test_writers.py
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.outputs import writers
+from grader.outputs import renderers, writers
 from grader.outputs.results import CellRecord, CheckResult, Execution, SubmissionResult
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -151,6 +152,16 @@ def not_graded_result(tmp_path: Path, submission: str = "bob") -> SubmissionResu
     )
 
 
+def executed_notebook() -> nbformat.NotebookNode:
+    """A run notebook whose file is the same on every run (fixed cell ids)."""
+    output = nbformat.v4.new_output("stream", name="stdout", text="3\n")
+    cells = [
+        nbformat.v4.new_markdown_cell("# Convolutions", id="intro"),
+        nbformat.v4.new_code_cell("print(1 + 2)", id="sum", execution_count=1, outputs=[output]),
+    ]
+    return nbformat.v4.new_notebook(cells=cells)
+
+
 def files_in(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
@@ -184,6 +195,45 @@ def test_submission_files_match_golden(tmp_path, kind):
     for name in ("result.json", "feedback.md", "results.json"):
         text = (out / result.submission / name).read_text(encoding="utf-8")
         check_golden(f"{kind}.{name}", text, tmp_path)
+
+
+# Every registered format, so that a new one is one renderer plus its golden file.
+SUBMISSION_FILES = [r.file_name for r in renderers.submission_renderers()]
+BATCH_FILES = [r.file_name for r in renderers.batch_renderers()]
+
+
+@pytest.mark.parametrize("name", SUBMISSION_FILES)
+def test_every_submission_format_matches_its_golden_files(tmp_path, name):
+    cases = [
+        ("graded", graded_result(tmp_path), executed_notebook()),
+        ("not_graded", not_graded_result(tmp_path), None),
+    ]
+    written = []
+    for kind, result, executed in cases:
+        out = tmp_path / kind
+        writers.write_submission(out, result, executed, title="Convolutions for Images")
+        path = out / result.submission / name
+        if path.exists():
+            check_golden(f"{kind}.{name}", path.read_text(encoding="utf-8"), tmp_path)
+            written.append(kind)
+        else:  # no file for this case, so no golden file either
+            assert not (GOLDEN / f"{kind}.{name}").exists()
+
+    assert written, f"the {name} format wrote nothing for any case, so it has no golden file"
+
+
+@pytest.mark.parametrize("name", BATCH_FILES)
+def test_every_batch_format_matches_its_golden_file(tmp_path, name):
+    results = [
+        not_graded_result(tmp_path, "zoe"),
+        graded_result(tmp_path),
+        not_graded_result(tmp_path),
+    ]
+    out = tmp_path / "out"
+
+    writers.write_summary(out, results, QUESTIONS)
+
+    check_golden(name, (out / name).read_text(encoding="utf-8"), tmp_path)
 
 
 def test_normalise_masks_paths_and_durations_only(tmp_path):

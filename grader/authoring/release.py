@@ -55,7 +55,8 @@ def notebook_signature(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
 def solution_lines(asg: Assignment) -> set[str]:
     """Distinctive lines of the solution regions (to prove they are not released)."""
     nb = nbformat.read(asg.source, as_version=4)
-    inside, outside = set(), set()
+    inside: set[str] = set()
+    outside: set[str] = set()
     for cell in nb.cells:
         in_region = False
         for line in cell.source.splitlines():
@@ -72,7 +73,7 @@ def solution_lines(asg: Assignment) -> set[str]:
     return inside - outside
 
 
-def release_members(asg: Assignment, student_nb) -> dict[str, bytes]:
+def release_members(asg: Assignment, student_nb: nbformat.NotebookNode) -> dict[str, bytes]:
     """Archive path -> content for the student zip."""
     prefix = asg.name
     members = {
@@ -127,7 +128,7 @@ class ReferenceScores:
 def grade_reference_notebooks(
     asg: Assignment,
     checks: list[CheckInfo],
-    student_nb,
+    student_nb: nbformat.NotebookNode,
     jobs: int = 2,
     extra: tuple[Submission, ...] = (),
 ) -> tuple[ReferenceScores, list[SubmissionResult]]:

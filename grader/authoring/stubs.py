@@ -93,18 +93,19 @@ def stub_source(source: str) -> str:
     lines = source.split("\n")
     out: list[str] = []
     start = None
+    indent = ""  # of the BEGIN SOLUTION marker that opened the current region
     for number, line in enumerate(lines):
-        if BEGIN_RE.match(line):
+        if begin := BEGIN_RE.match(line):
             if start is not None:
                 raise SolutionMarkerError(
                     f"line {number + 1}: BEGIN SOLUTION inside the region opened "
                     f"at line {start + 1}"
                 )
-            start = number
+            start, indent = number, begin.group("indent")
         elif END_RE.match(line):
             if start is None:
                 raise SolutionMarkerError(f"line {number + 1}: END SOLUTION without BEGIN SOLUTION")
-            out.extend(_stub_region(lines, start, number))
+            out.extend(_stub_region(lines, start, number, indent))
             start = None
         elif start is None:
             out.append(line)
@@ -113,9 +114,9 @@ def stub_source(source: str) -> str:
     return "\n".join(out)
 
 
-def _stub_region(lines: list[str], begin: int, end: int) -> list[str]:
-    """The stub for ``lines[begin:end + 1]`` (markers included)."""
-    indent = BEGIN_RE.match(lines[begin]).group("indent")
+def _stub_region(lines: list[str], begin: int, end: int, indent: str) -> list[str]:
+    """The stub for ``lines[begin:end + 1]`` (markers included; ``indent`` is the BEGIN
+    marker's)."""
     context = _enclosing_block(lines, begin, len(indent))
     if context in ("def", "block"):
         return [indent + YOUR_CODE, indent + RAISE]
@@ -204,7 +205,9 @@ def _unindent(line: str, width: int) -> str:
     return line[min(width, len(line) - len(line.lstrip(" "))) :]
 
 
-def _bare(node: ast.AST) -> ast.AST:
+def _bare(
+    node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef,
+) -> ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef:
     """A copy of a def/class whose body is a single ``pass`` (to unparse its header)."""
     bare = copy.copy(node)
     bare.body = [ast.Pass()]

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from grader.authoring.assignment import Assignment
 from grader.engine import seeding
@@ -28,6 +29,14 @@ from grader.engine.submissions import Submission
 from grader.errors import ConvgradeError, StaffError
 from grader.outputs import writers
 from grader.outputs.results import SubmissionResult
+
+if TYPE_CHECKING:
+    import argparse
+
+    from grader.engine.batch import Progress
+    from grader.engine.grading import GradeOptions
+    from grader.engine.pytest_plugin import CheckInfo
+    from grader.sandbox.launcher import SandboxPolicy
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 MAX_ASSIGNMENT_MIB = 64
@@ -130,13 +139,13 @@ def grade_on_cluster(
     address: str,
     subs: list[Submission],
     assignment: Assignment,
-    checks: list,
-    options,
+    checks: list[CheckInfo],
+    options: GradeOptions,
     out: Path,
     memory_mib: int,
-    sandbox: str,
+    sandbox: SandboxPolicy,
     reuse: bool = True,
-    on_progress: Callable | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     on_isolation: Callable[[str], None] | None = None,
 ) -> list[SubmissionResult]:
     """Grade ``subs`` on the Dask scheduler at ``address``; write results into ``out``.
@@ -156,8 +165,8 @@ def grade_on_cluster(
     todo: list[Submission] = []
     fps = {s.id: _fp(s, assignment, options) for s in subs}
     for sub in subs:
-        previous = writers.load_result(out, sub.id) if reuse else None
-        if previous and previous.fingerprint == fps[sub.id]:
+        previous = writers.reusable(out, sub.id, fps[sub.id], assignment.title) if reuse else None
+        if previous:
             results[sub.id] = previous
             if on_progress:
                 on_progress(Progress(len(results), len(subs), previous, True))
@@ -318,7 +327,9 @@ def _close(client, name: str) -> None:
     client.close(timeout=5)
 
 
-def run_grade_command(args, address: str, out_stream, err_stream) -> int:
+def run_grade_command(
+    args: argparse.Namespace, address: str, out_stream: TextIO, err_stream: TextIO
+) -> int:
     """``convgrade grade --cluster``: the same inputs, output and exit codes as local."""
     import tempfile
 

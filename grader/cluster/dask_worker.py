@@ -28,11 +28,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distributed import WorkerPlugin, get_worker
+from distributed import Worker, WorkerPlugin, get_worker
 
 from grader import __version__
 from grader.errors import SubmissionProblem
+
+if TYPE_CHECKING:
+    from grader.engine.grading import GradeOptions
+    from grader.engine.pytest_plugin import CheckInfo
+    from grader.sandbox.launcher import SandboxPolicy
 
 # A pytest session redirects this process's stdout/stderr while it lives: it ends after this
 # many idle seconds or submissions, so a long-lived Dask worker's logs come back and the
@@ -65,10 +71,10 @@ class GradingWorkerPlugin(WorkerPlugin):
         name: str,
         assignment_name: str,
         assignment_tar: bytes,
-        checks: list,
-        options,
+        checks: list[CheckInfo],
+        options: GradeOptions,
         memory_mib: int,
-        sandbox: str,
+        sandbox: SandboxPolicy,
         version: str = __version__,
     ) -> None:
         self.name = name
@@ -81,7 +87,7 @@ class GradingWorkerPlugin(WorkerPlugin):
         self.version = version
 
     # -- lifecycle (called by the Dask worker) ---------------------------------------------
-    def setup(self, worker) -> None:
+    def setup(self, worker: Worker) -> None:
         if self.version != __version__:
             raise RuntimeError(
                 f"this Dask worker has convgrade {__version__}, the client {self.version}; "
@@ -114,12 +120,15 @@ class GradingWorkerPlugin(WorkerPlugin):
         # The zygote imports its libraries while the first task is on its way.
         self.launcher.start(wait=False)
         # Files are the client's business (out=None).
-        self.ctx = GradingContext(self.assignment, tuple(self.checks), self.launcher, self.options)
+        isolation = self.launcher.isolation.describe()
+        self.ctx = GradingContext(
+            self.assignment, tuple(self.checks), self.launcher, self.options, isolation
+        )
         self.requests: queue.Queue = queue.Queue()
         self.checker = threading.Thread(target=self._check_loop, daemon=True)
         self.checker.start()
 
-    def teardown(self, worker) -> None:
+    def teardown(self, worker: Worker) -> None:
         # Also after a setup that failed half-way: undo what it did.
         if hasattr(self, "checker"):
             self.requests.put(None)

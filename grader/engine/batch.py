@@ -55,7 +55,10 @@ def grade_batch(
 ) -> list[SubmissionResult]:
     """Grade ``subs``; with ``jobs`` > 1 and a warm launcher with as many channels, the
     checks run in ``jobs`` forked grading processes that share the launcher's zygote."""
-    ctx = GradingContext(assignment, tuple(checks), launcher, options, out, parallel=max(1, jobs))
+    isolation = launcher.isolation.describe()
+    ctx = GradingContext(
+        assignment, tuple(checks), launcher, options, isolation, out, parallel=max(1, jobs)
+    )
     results: dict[str, SubmissionResult] = {}
     todo: list[Submission] = []
     for sub in subs:
@@ -90,11 +93,12 @@ def grade_batch(
 
 
 def _reusable(ctx: GradingContext, sub: Submission) -> SubmissionResult | None:
-    """The result of an earlier run in ``ctx.out``, if nothing that decides it changed."""
-    previous = writers.load_result(ctx.out, sub.id) if ctx.out else None
-    if previous and previous.fingerprint == _fp(sub, ctx.assignment, ctx.options):
-        return previous
-    return None
+    """The result of an earlier run in ``ctx.out``, if nothing that decides it changed; the
+    files it is missing (deleted, or of a format registered since) are rendered again."""
+    if ctx.out is None:
+        return None
+    fp = _fp(sub, ctx.assignment, ctx.options)
+    return writers.reusable(ctx.out, sub.id, fp, ctx.assignment.title)
 
 
 def _grade_here(ctx: GradingContext, next_sub: Callable[[], Submission | None], emit: Emit) -> None:

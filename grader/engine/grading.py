@@ -50,13 +50,10 @@ class GradingContext:
     checks: tuple[CheckInfo, ...]
     launcher: Launcher
     options: GradeOptions
+    isolation: str  # what the sandbox could enforce (launcher.isolation), in every result
     out: Path | None = None  # where each submission's files go; None: nowhere (the caller's)
     parallel: int = 1  # notebooks this process runs at once
     first_slot: int = 0  # the first of this process's worker slots (each live worker has one)
-
-    @property
-    def isolation(self) -> str:
-        return self.launcher.isolation.describe()
 
 
 def fingerprint(path: Path | None, assignment: Assignment) -> str:

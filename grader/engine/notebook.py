@@ -65,6 +65,21 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
     Raises:
         SubmissionProblem: with a status for grades.csv and a message for the student.
     """
+    text = _read_text(path, max_mib)
+    nb, notes = _parse(text)
+    _check_language(nb)
+    if not nb.cells:
+        raise SubmissionProblem("empty", "the notebook has no cells.")
+    code, answers = _code_and_answers(nb)
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    return LoadedNotebook(nb, code, answers, notes)
+
+
+def _read_text(path: Path, max_mib: int) -> str:
+    """The file's text, if it is a readable UTF-8 file of a sane size."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -84,13 +99,17 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
             "unreadable", f"the file could not be read ({exc.strerror})"
         ) from None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SubmissionProblem(
             "not_notebook",
             f"the file is not UTF-8 text (undecodable byte at position {exc.start}); submit the "
             ".ipynb file that Jupyter saved, not a PDF or an export.",
         ) from None
+
+
+def _parse(text: str) -> tuple[nbformat.NotebookNode, tuple[str, ...]]:
+    """The notebook as nbformat 4 (converted from 3 if need be), and notes on what was done."""
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -103,23 +122,22 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
         raise SubmissionProblem(
             "not_notebook", "the file is JSON but not a Jupyter notebook (no 'cells' list)."
         )
-    notes: list[str] = []
+    notes: tuple[str, ...] = ()
     major = data.get("nbformat")
     if major != 4:
-        if major == 3 or "worksheets" in data:
-            try:
-                nb = nbformat.reads(text, as_version=4)
-            except Exception:
-                raise SubmissionProblem(
-                    "old_format",
-                    "the notebook uses nbformat 3, which could not be converted; open it in a "
-                    "current Jupyter and save it again.",
-                ) from None
-            notes.append("converted from nbformat 3 to nbformat 4")
-        else:
+        if major != 3 and "worksheets" not in data:
             raise SubmissionProblem(
                 "not_notebook", f"unsupported notebook format version {major!r} (expected 4)."
             )
+        try:
+            nb = nbformat.reads(text, as_version=4)
+        except Exception:
+            raise SubmissionProblem(
+                "old_format",
+                "the notebook uses nbformat 3, which could not be converted; open it in a "
+                "current Jupyter and save it again.",
+            ) from None
+        notes = ("converted from nbformat 3 to nbformat 4",)
     else:
         try:
             nb = nbformat.from_dict(data)
@@ -132,6 +150,10 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
             "not_notebook",
             f"the notebook is malformed: {problem}. Submit the .ipynb file that Jupyter saved.",
         )
+    return nb, notes
+
+
+def _check_language(nb: nbformat.NotebookNode) -> None:
     language = (
         (nb.get("metadata", {}).get("kernelspec") or {}).get("language")
         or (nb.get("metadata", {}).get("language_info") or {}).get("name")
@@ -143,6 +165,12 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
             f"the notebook's kernel language is {language!r}; this assignment needs a Python 3 "
             "kernel (Kernel > Change kernel > Python 3), then save and submit again.",
         )
+
+
+def _code_and_answers(
+    nb: nbformat.NotebookNode,
+) -> tuple[tuple[Cell, ...], tuple[tuple[str, str], ...]]:
+    """The code cells to run, and the free-text answers typed into answer cells."""
     code, answers = [], []
     for index, cell in enumerate(nb.cells):
         if not isinstance(cell, dict):
@@ -158,10 +186,4 @@ def load_submission(path: Path, max_mib: int = 50) -> LoadedNotebook:
             # The untouched placeholder of the student notebook is not an answer to read.
             if source.strip() not in ("", MARKDOWN_PLACEHOLDER):
                 answers.append((question, source))
-    if not nb.cells:
-        raise SubmissionProblem("empty", "the notebook has no cells.")
-    for cell in nb.cells:
-        if cell.get("cell_type") == "code":
-            cell["outputs"] = []
-            cell["execution_count"] = None
-    return LoadedNotebook(nb, tuple(code), tuple(answers), tuple(notes))
+    return tuple(code), tuple(answers)

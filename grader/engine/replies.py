@@ -47,10 +47,8 @@ def clean_text(value: str, limit: int | None = None) -> str:
         return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-def _text(reply: dict, key: str, limit: int = MAX_TEXT, default: str | None = "") -> Any:
-    value = reply.get(key, default)
-    if value is None and default is None:
-        return None
+def _text(reply: dict, key: str, limit: int = MAX_TEXT) -> str:
+    value = reply.get(key, "")
     if type(value) is not str:
         raise BadReply(f"{key!r} must be text, got {type(value).__name__}")
     return clean_text(value, limit)
@@ -87,26 +85,22 @@ def _output(raw) -> tuple[dict, int]:
         return {"output_type": "stream", "name": name, "text": text}, len(text)
     if kind == "error":
         tb = _text_list(raw.get("traceback", []), "a traceback", 1000, MAX_TRACEBACK)
-        out = {
-            "output_type": "error",
-            "ename": _text(raw, "ename"),
-            "evalue": _text(raw, "evalue"),
-            "traceback": tb,
-        }
-        return out, len(out["ename"]) + len(out["evalue"]) + sum(len(t) for t in tb)
+        ename, evalue = _text(raw, "ename"), _text(raw, "evalue")
+        error = {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": tb}
+        return error, len(ename) + len(evalue) + sum(len(t) for t in tb)
     data = raw.get("data")
     if type(data) is not dict:
         raise BadReply("a display output's data must be a dict")
-    bundle: dict[str, str] = {}
+    bundle = {}
     for mime, value in data.items():
         if type(value) is not str:
             raise BadReply(f"display data {clean_text(mime, 40)!r} must be text")
         bundle[clean_text(mime, 100)] = clean_text(value, MAX_REPLY_OUTPUT_CHARS)
-    display: dict[str, Any] = {"output_type": kind, "data": bundle, "metadata": {}}
+    out: dict[str, object] = {"output_type": kind, "data": bundle, "metadata": {}}
     if kind == "execute_result":
         count = raw.get("execution_count")
-        display["execution_count"] = count if type(count) is int and 0 <= count < 2**31 else None
-    return display, sum(len(k) + len(v) for k, v in bundle.items())
+        out["execution_count"] = count if type(count) is int and 0 <= count < 2**31 else None
+    return out, sum(len(k) + len(v) for k, v in bundle.items())
 
 
 def _run_cell(reply: dict) -> dict:
@@ -152,7 +146,8 @@ def _run_cell(reply: dict) -> dict:
     }
 
 
-def plain(value, depth: int = 0, budget: list[int] | None = None):
+# Any: what a worker sent is known only once checked (the same value comes back, rebuilt).
+def plain(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     """A plain value (what :func:`protocol.decode` yields) with its text made valid.
 
     Raises:
@@ -190,7 +185,7 @@ def _failure(reply: dict) -> dict:
     return out
 
 
-def check(op: Op, reply) -> dict:
+def check(op: Op, reply: object) -> dict:
     """The reply to a request of operation ``op``, rebuilt from its checked fields.
 
     Raises:
@@ -229,7 +224,7 @@ def check(op: Op, reply) -> dict:
     return plain(reply)
 
 
-def hello(reply) -> list[str]:
+def hello(reply: object) -> list[str]:
     """The notes of a worker's first message (what it could not set up)."""
     if type(reply) is not dict:
         raise BadReply("the worker's hello must be a dict")

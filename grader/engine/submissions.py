@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from grader.errors import StaffError, SubmissionProblem
+from grader.outputs import writers
 
 MAX_ZIP_MEMBERS = 2000
 MAX_ZIP_MEMBER_BYTES = 200 * 1024 * 1024
@@ -24,11 +25,22 @@ _SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
 # Files that writers put at the top of --out, next to one folder per submission id
 # (`convgrade report` writes report.html there). No submission may take one of these names,
 # in any letter case (some file systems ignore it).
-RESERVED_IDS = frozenset({"grades.csv", "submissions.csv", "manual.csv", "report.html"})
+# Written next to the submission folders by `convgrade report`, outside the writers' registry.
+_REPORT_FILE = "report.html"
+
+
+def reserved_ids() -> frozenset[str]:
+    """Names no submission folder may take: the files a batch writes beside them."""
+    return frozenset({_REPORT_FILE, *writers.batch_file_names()})
+
+
+# (file stem, origin, path to read or None, problem or None): one notebook found, before
+# collect() gives it a unique id.
+_Found = tuple[str, str, Path | None, SubmissionProblem | None]
 
 
 def _reserved(sub_id: str) -> bool:
-    return sub_id.lower() in RESERVED_IDS
+    return sub_id.lower() in reserved_ids()
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,8 @@ def _clean_id(text: str) -> str:
     return text or "submission"
 
 
-def _scan_dir(root: Path) -> list[tuple[str, str, Path | None, SubmissionProblem | None]]:
-    found = []
+def _scan_dir(root: Path) -> list[_Found]:
+    found: list[_Found] = []
     real_root = root.resolve()
     for path in sorted(root.rglob("*.ipynb")):
         rel = path.relative_to(root)
@@ -74,105 +86,97 @@ def _scan_dir(root: Path) -> list[tuple[str, str, Path | None, SubmissionProblem
     return found
 
 
-def _extract_zip(archive: Path, dest: Path) -> list[tuple]:
-    found = []
+def _extract_zip(archive: Path, dest: Path) -> list[_Found]:
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        return [
-            (
-                archive.stem,
-                str(archive),
-                None,
-                SubmissionProblem("bad_archive", f"{archive.name} is not a readable zip ({exc})."),
-            )
-        ]
+        problem = SubmissionProblem("bad_archive", f"{archive.name} is not a readable zip ({exc}).")
+        return [(archive.stem, str(archive), None, problem)]
     with zf:
         members = zf.infolist()
         if len(members) > MAX_ZIP_MEMBERS:
-            return [
-                (
-                    archive.stem,
-                    str(archive),
-                    None,
-                    SubmissionProblem(
-                        "bad_archive",
-                        f"{archive.name} has {len(members)} entries (limit {MAX_ZIP_MEMBERS}).",
-                    ),
-                )
-            ]
-        total = 0
+            problem = SubmissionProblem(
+                "bad_archive",
+                f"{archive.name} has {len(members)} entries (limit {MAX_ZIP_MEMBERS}).",
+            )
+            return [(archive.stem, str(archive), None, problem)]
         dest.mkdir(parents=True, exist_ok=True)
         # A fresh folder per archive: two archives with the same name must not mix members.
         target_root = Path(tempfile.mkdtemp(prefix=_clean_id(archive.stem) + "-", dir=dest))
-        for info in sorted(members, key=lambda m: m.filename):
-            name = info.filename
-            if info.is_dir() or not name.endswith(".ipynb"):
-                continue
-            pure = PurePosixPath(name.replace("\\", "/"))
-            if any(part in _SKIP_PARTS for part in pure.parts):
-                continue
-            origin = f"{archive}:{name}"
-            sub_id = "_".join(pure.with_suffix("").parts)
-            mode = info.external_attr >> 16
-            if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name):
-                problem = SubmissionProblem(
-                    "unsafe_path",
-                    f"the archive entry {name!r} points outside the archive; it was not extracted.",
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            if stat.S_ISLNK(mode):
-                problem = SubmissionProblem(
-                    "unsafe_path", f"the archive entry {name!r} is a link; it was not extracted."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            # Only what is extracted counts toward the archive's total: a refused member
-            # must not make the notebooks after it too large.
-            if (
-                info.file_size > MAX_ZIP_MEMBER_BYTES
-                or total + info.file_size > MAX_ZIP_TOTAL_BYTES
-            ):
-                problem = SubmissionProblem(
-                    "too_large", f"the archive entry {name!r} is too large to extract."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            out = target_root.joinpath(*pure.parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    copied = 0
-                    while chunk := src.read(1 << 20):
-                        copied += len(chunk)
-                        if copied > MAX_ZIP_MEMBER_BYTES:  # the header may lie about the size
-                            break
-                        dst.write(chunk)
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                RuntimeError,
-                NotImplementedError,
-            ) as exc:
-                # corrupt data, a bad CRC, a password or an unsupported compression method
-                out.unlink(missing_ok=True)
-                problem = SubmissionProblem(
-                    "bad_archive", f"the archive entry {name!r} could not be extracted ({exc})."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            if copied > MAX_ZIP_MEMBER_BYTES or total + copied > MAX_ZIP_TOTAL_BYTES:
+        return _extract_members(zf, archive, target_root)
+
+
+def _extract_members(zf: zipfile.ZipFile, archive: Path, target_root: Path) -> list[_Found]:
+    found: list[_Found] = []
+    total = 0
+    for info in sorted(zf.infolist(), key=lambda m: m.filename):
+        name = info.filename
+        if info.is_dir() or not name.endswith(".ipynb"):
+            continue
+        pure = PurePosixPath(name.replace("\\", "/"))
+        if any(part in _SKIP_PARTS for part in pure.parts):
+            continue
+        origin = f"{archive}:{name}"
+        sub_id = "_".join(pure.with_suffix("").parts)
+        # Only what is extracted counts toward the archive's total: a refused member
+        # must not make the notebooks after it too large.
+        problem = _refusal(info, pure, total)
+        out = target_root.joinpath(*pure.parts)
+        if problem is None:
+            copied, problem = _copy_member(zf, info, out)
+            if problem is None and total + copied > MAX_ZIP_TOTAL_BYTES:
                 out.unlink()
-                problem = SubmissionProblem(
-                    "too_large", f"the archive entry {name!r} is too large to extract."
-                )
-                found.append((sub_id, origin, None, problem))
-                continue
-            total += copied
-            found.append((sub_id, origin, out, None))
+                problem = _too_large(name)
+            if problem is None:
+                total += copied
+        found.append((sub_id, origin, None, problem) if problem else (sub_id, origin, out, None))
     return found
+
+
+def _too_large(name: str) -> SubmissionProblem:
+    return SubmissionProblem("too_large", f"the archive entry {name!r} is too large to extract.")
+
+
+def _refusal(info: zipfile.ZipInfo, pure: PurePosixPath, total: int) -> SubmissionProblem | None:
+    """Why a member must not be extracted, judged from its header alone."""
+    name = info.filename
+    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name):
+        return SubmissionProblem(
+            "unsafe_path",
+            f"the archive entry {name!r} points outside the archive; it was not extracted.",
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return SubmissionProblem(
+            "unsafe_path", f"the archive entry {name!r} is a link; it was not extracted."
+        )
+    if info.file_size > MAX_ZIP_MEMBER_BYTES or total + info.file_size > MAX_ZIP_TOTAL_BYTES:
+        return _too_large(name)
+    return None
+
+
+def _copy_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path
+) -> tuple[int, SubmissionProblem | None]:
+    """Extract one member, at most MAX_ZIP_MEMBER_BYTES of it: the header may lie."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    try:
+        with zf.open(info) as src, open(out, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > MAX_ZIP_MEMBER_BYTES:
+                    break
+                dst.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
+        # corrupt data, a bad CRC, a password or an unsupported compression method
+        out.unlink(missing_ok=True)
+        return copied, SubmissionProblem(
+            "bad_archive", f"the archive entry {info.filename!r} could not be extracted ({exc})."
+        )
+    if copied > MAX_ZIP_MEMBER_BYTES:
+        out.unlink()
+        return copied, _too_large(info.filename)
+    return copied, None
 
 
 def collect_to_grade(paths: list[str], extract_to: Path) -> list[Submission]:
@@ -193,7 +197,7 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     Raises:
         StaffError: a PATH does not exist or is not a notebook, folder or zip.
     """
-    raw: list[tuple] = []
+    raw: list[_Found] = []
     for path in paths:
         if not path.exists() and not path.is_symlink():
             raise StaffError(f"{path} does not exist. Give .ipynb files, folders or .zip archives.")
@@ -211,10 +215,10 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
     # Every plain id is kept for the first submission that has it; a duplicate gets the first
     # free "-2", "-3"... so it can collide neither with another stem (say "hw-2") nor with the
     # files that sit next to the submission folders in --out.
-    taken = {_clean_id(r[0]) for r in raw} | RESERVED_IDS
+    taken = {_clean_id(r[0]) for r in raw} | reserved_ids()
     first: set[str] = set()
     subs = []
-    for stem, origin, path, problem in raw:
+    for stem, origin, nb_path, problem in raw:
         base = _clean_id(stem)
         if base not in first and not _reserved(base):
             first.add(base)
@@ -225,5 +229,5 @@ def collect(paths: list[Path], extract_to: Path) -> list[Submission]:
                 n += 1
             sub_id = f"{base}-{n}"
             taken.add(sub_id)
-        subs.append(Submission(sub_id, origin, path, problem))
+        subs.append(Submission(sub_id, origin, nb_path, problem))
     return sorted(subs, key=lambda s: s.id)

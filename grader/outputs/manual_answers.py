@@ -137,7 +137,9 @@ def _added_text(cells, known, used: set[int]) -> list[str]:
     return out
 
 
-def free_text_answers(nb, template: Path | None = None) -> tuple[tuple[str, str], ...]:
+def free_text_answers(
+    nb: nbformat.NotebookNode, template: Path | None = None
+) -> tuple[tuple[str, str], ...]:
     """(question, text) for every free-text question, with a ``[MISSING]`` text if none.
 
     ``template`` is the student notebook as handed out; without it, the questions are those

@@ -1,6 +1,8 @@
 """Writing results: every file goes to a temporary name first and is renamed into place.
 
 Writers only render :class:`~grader.outputs.results.SubmissionResult` records; they never grade.
+Each file is one output format of :mod:`grader.outputs.renderers`; this module registers the
+built-in ones and writes whatever is registered.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
 
 from grader.engine.replies import clean_text
 from grader.engine.static_imports import is_environment_line
+from grader.outputs.renderers import (
+    BatchInput,
+    BatchRenderer,
+    Rendered,
+    SubmissionInput,
+    SubmissionRenderer,
+    batch_renderers,
+    register,
+    submission_renderers,
+)
 from grader.outputs.results import SubmissionResult
 
 GRADESCOPE_VISIBILITY = {"visible": "visible", "hidden": "after_published"}
@@ -32,12 +45,14 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Put ``data`` (text as UTF-8) in ``path``: readers see the old file or the new one whole."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes it owner-only; give it a new file's mode
@@ -197,25 +212,135 @@ def feedback_md(result: SubmissionResult, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
+# --- the built-in formats, in the order their files are written ----------------------------
+
+
+@register
+class ResultJson(SubmissionRenderer):
+    """The whole record; re-runs and ``convgrade report`` read it back."""
+
+    file_name = "result.json"
+
+    def render(self, item: SubmissionInput) -> str:
+        return result_json(item.result)
+
+
+@register
+class FeedbackMarkdown(SubmissionRenderer):
+    """What the student reads."""
+
+    file_name = "feedback.md"
+
+    def render(self, item: SubmissionInput) -> str:
+        return feedback_md(item.result, item.title)
+
+
+@register
+class GradescopeJson(SubmissionRenderer):
+    """Gradescope's results format, for uploading or for a Gradescope autograder."""
+
+    file_name = "results.json"
+
+    def render(self, item: SubmissionInput) -> str:
+        return json.dumps(gradescope_json(item.result), indent=2) + "\n"
+
+
+@register
+class ExecutedNotebook(SubmissionRenderer):
+    """The staff's copy of the run notebook; only a fresh run has it."""
+
+    file_name = "executed.ipynb"
+
+    def render(self, item: SubmissionInput) -> str | None:
+        return None if item.executed is None else nbformat.writes(item.executed)
+
+
+@register
+class GradesCsv(BatchRenderer):
+    """One row per submission: score, status and the points of each question."""
+
+    file_name = "grades.csv"
+
+    def render(self, batch: BatchInput) -> str:
+        return grades_csv(list(batch.results), batch.question_ids)
+
+
+@register
+class SubmissionsCsv(BatchRenderer):
+    """Which file each submission id was read from."""
+
+    file_name = "submissions.csv"
+
+    def render(self, batch: BatchInput) -> str:
+        return submissions_csv(list(batch.results))
+
+
+@register
+class ManualCsv(BatchRenderer):
+    """The free-text answers, for staff to grade by hand."""
+
+    file_name = "manual.csv"
+
+    def render(self, batch: BatchInput) -> str:
+        return manual_csv(list(batch.results))
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _write(path: Path, data: Rendered) -> None:
     # Text from a notebook may hold lone surrogates (a markdown answer, a source line), which
     # UTF-8 cannot encode: they become U+FFFD rather than fail the file.
-    atomic_write(path, clean_text(text))
+    atomic_write(path, clean_text(data) if isinstance(data, str) else data)
 
 
-def write_submission(out: Path, result: SubmissionResult, executed, title: str = "") -> None:
-    d = out / result.submission
-    _write_text(d / "result.json", result_json(result))
-    _write_text(d / "feedback.md", feedback_md(result, title))
-    _write_text(d / "results.json", json.dumps(gradescope_json(result), indent=2) + "\n")
-    if executed is not None:
-        _write_text(d / "executed.ipynb", nbformat.writes(executed))
+def batch_file_names() -> tuple[str, ...]:
+    """The files every registered per-batch format writes beside the submission folders."""
+    return tuple(r.file_name for r in batch_renderers())
 
 
-def write_summary(out: Path, results: list[SubmissionResult], question_ids) -> None:
-    _write_text(out / "grades.csv", grades_csv(results, question_ids))
-    _write_text(out / "submissions.csv", submissions_csv(results))
-    _write_text(out / "manual.csv", manual_csv(results))
+def write_submission(
+    out: Path, result: SubmissionResult, executed: nbformat.NotebookNode | None, title: str = ""
+) -> None:
+    """Write every registered per-submission file of ``result`` into ``out/<submission>/``."""
+    item = SubmissionInput(result, title, executed)
+    for renderer in submission_renderers():
+        data = renderer.render(item)
+        if data is not None:
+            _write(out / result.submission / renderer.file_name, data)
+
+
+def write_summary(out: Path, results: list[SubmissionResult], question_ids: Iterable[str]) -> None:
+    """Write every registered per-batch file (grades.csv, ...) into ``out``."""
+    batch = BatchInput(tuple(results), tuple(question_ids))
+    for renderer in batch_renderers():
+        _write(out / renderer.file_name, renderer.render(batch))
+
+
+def reusable(
+    out: Path, submission_id: str, fingerprint: str, title: str = ""
+) -> SubmissionResult | None:
+    """The stored result of ``submission_id`` if it was graded under ``fingerprint``, else None.
+
+    The files the reused result is missing (deleted, or of a format registered since it was
+    written) are rendered again from result.json; a missing executed.ipynb stays missing, as
+    result.json does not hold the run notebook. When a missing file cannot be rendered or
+    written, the result is not reused: grading the submission again records the failure in
+    its row, as for any fresh result.
+    """
+    result = load_result(out, submission_id)
+    if result is None or result.fingerprint != fingerprint:
+        return None
+    item = SubmissionInput(result, title)
+    try:
+        for renderer in submission_renderers():
+            path = out / submission_id / renderer.file_name
+            data = None if path.exists() else renderer.render(item)
+            if data is not None:
+                _write(path, data)
+    except Exception:
+        return None
+    return result
 
 
 def load_result(out: Path, submission_id: str) -> SubmissionResult | None:

@@ -255,7 +255,8 @@ def our_copies() -> list[Path]:
             # A folder of ours (grader/, the .dist-info) goes whole; a loose file (the
             # editable finder, its .pyc in the shared __pycache__) goes alone.
             whole = len(file.parts) > 1 and file.parts[0] != "__pycache__"
-            located = Path(dist.locate_file(file.parts[0] if whole else file))
+            # locate_file is typed as returning a protocol, not a path: go through str.
+            located = Path(str(dist.locate_file(file.parts[0] if whole else file)))
             if located.exists():
                 found.add(located.resolve())
     return sorted(found)
@@ -318,15 +319,15 @@ def bwrap_command(mode: Mode, hidden: tuple[Path, ...] = ()) -> list[str]:
     cmd += ["--perms", "0755", "--dir", "/work"]
     bound = python_dirs()
     created: set[Path] = {Path("/tmp"), Path("/work"), Path("/dev"), Path("/proc")}
-    for d in bound:
-        for parent in reversed(d.parents):
+    for folder in bound:
+        for parent in reversed(folder.parents):
             if parent == Path("/") or parent in created or str(parent) in SYSTEM_DIRS:
                 continue
             # bubblewrap would create missing parents with mode 0700 (e.g. /root), which
             # locks out the unprivileged worker; state the mode explicitly.
             cmd += ["--perms", "0755", "--dir", str(parent)]
             created.add(parent)
-        cmd += ["--ro-bind", str(d), str(d)]
+        cmd += ["--ro-bind", str(folder), str(folder)]
     for h in hidden_paths(hidden):
         if any(h == b or b in h.parents for b in bound + [Path(s) for s in SYSTEM_DIRS]):
             if h.is_dir():

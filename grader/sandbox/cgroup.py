@@ -98,7 +98,7 @@ def find_layout(mountinfo: str, cgroup_text: str, pid: int | None = None) -> Lay
             return _v2_layout(own, pid)
         except CgroupUnavailable as exc:
             reasons.append(str(exc))
-    parents = {}
+    parents: dict[str, Path] = {}
     for name in ("memory", "pids"):
         for root, point, fstype, opts in mounts:
             if fstype == "cgroup" and name in opts and name in member:

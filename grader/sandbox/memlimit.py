@@ -33,7 +33,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from grader.errors import WorkerFailure
 from grader.sandbox import cgroup, memwatch
@@ -46,7 +47,7 @@ TMPFS_PATHS = ("/tmp", "/work", "/dev/shm")  # a worker's private tmpfs mounts (
 
 # (mode, peak bytes or None, killed for memory) of the last workers released, newest last:
 # what the tests and the benchmark read; nothing decides on it.
-HISTORY: collections.deque = collections.deque(maxlen=64)
+HISTORY: collections.deque[tuple[str, int | None, bool]] = collections.deque(maxlen=64)
 
 _protected: str | None = None
 
@@ -229,11 +230,11 @@ class WorkerGuard:
             self._trip(pids)
         return not self.tripped
 
-    def _trip(self, pids: list[int] = ()) -> None:
+    def _trip(self, pids: Sequence[int] = ()) -> None:
         self.tripped = self.message
         self.kill(pids)
 
-    def kill(self, pids: list[int] = ()) -> None:
+    def kill(self, pids: Sequence[int] = ()) -> None:
         """SIGKILL the worker (PID 1 of its namespace: all of it) and what else is known."""
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
@@ -267,7 +268,7 @@ class WorkerGuard:
                 return
             self.released = True
         memwatch.TIMER.remove(self)
-        peak = self.peak
+        peak: int | None = self.peak
         if self.group is not None:
             peak = self.group.peak()
             self.group.kill()
@@ -351,15 +352,31 @@ def release(worker_guard: WorkerGuard | None) -> None:
         worker_guard.release()
 
 
-def reports_memory_kills(method):
+class _Guarded(Protocol):
+    """What :func:`reports_memory_kills` needs of the object whose method it decorates."""
+
+    alive: bool
+
+    @property
+    def guard(self) -> WorkerGuard | None: ...
+
+
+_Self = TypeVar("_Self", bound=_Guarded)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def reports_memory_kills(
+    method: Callable[Concatenate[_Self, _P], _R],
+) -> Callable[Concatenate[_Self, _P], _R]:
     """Decorates ``WorkerProcess.request``: a failure after a memory kill says so."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: _Self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         except WorkerFailure as exc:
-            guard = getattr(self, "guard", None)
+            guard = self.guard
             why = guard.verdict() if guard is not None else ""
             if not why:
                 raise

@@ -45,7 +45,7 @@ class BoundedStream:
         self.kept = 0
         self.dropped = 0
 
-    def write(self, text) -> int:
+    def write(self, text: object) -> int:
         text = str(text)
         room = self.limit - self.kept
         if room > 0:
@@ -111,8 +111,10 @@ def take_runner() -> CellRunner:
     runner, _prepared = _prepared, None
     if runner is None:
         return CellRunner()
+    profile_dir = runner.shell.profile_dir
     try:  # the profile folders were made in the zygote's /tmp, not this worker's own
-        runner.shell.profile_dir.check_dirs()
+        if profile_dir is not None:
+            profile_dir.check_dirs()
     except Exception:
         pass
     return runner
@@ -163,11 +165,7 @@ class CellRunner:
         self.shell = InteractiveShell.instance(config=cfg)
         self.shell.display_pub = _Publisher(shell=self.shell)
         self.shell.displayhook = _Hook(shell=self.shell, cache_size=0)
-        self.shell.display_trap.hook = self.shell.displayhook
-        self._refuse_shell_paths()
-        self.shell._showtraceback = self._record_traceback
-        # The base shell has no GUI loop; the inline backend needs none, so accept the call.
-        self.shell.enable_gui = lambda gui=None: None
+        self._take_over_shell()
         try:
             self.shell.run_line_magic("matplotlib", "inline")
         except Exception:  # matplotlib is optional in a notebook
@@ -191,17 +189,40 @@ class CellRunner:
         self._chars += size
         self._outputs.append(output)
 
+    def _take_over_shell(self) -> None:
+        """Route the shell's displays, errors and shell commands to this runner.
+
+        The shell object's own methods are replaced: a subclass of InteractiveShell would be
+        a second singleton class, which IPython refuses (MultipleInstanceError) once the
+        process holds a plain shell.
+        """
+        shell = self.shell
+        trap = shell.display_trap
+        if trap is None:  # every InteractiveShell builds one; output capture relies on it
+            raise RuntimeError("IPython's shell has no display trap")
+        trap.hook = shell.displayhook
+        self._refuse_shell_paths()
+        shell._showtraceback = self._record_traceback  # type: ignore[method-assign]
+        # The base shell has no GUI loop; the inline backend needs none, so accept the call.
+        shell.enable_gui = lambda gui=None: None  # type: ignore[method-assign]
+
     def _refuse_shell_paths(self) -> None:
         """One shell policy for every way IPython offers to run a command."""
         shell = self.shell
-        shell.system = shell.system_raw = shell.system_piped = self._refuse_shell
-        shell.getoutput = self._refuse_getoutput
+        # The shell's own methods are replaced (see _take_over_shell for why).
+        shell.system = shell.system_raw = shell.system_piped = self._refuse_shell  # type: ignore[method-assign]
+        shell.getoutput = self._refuse_getoutput  # type: ignore[method-assign]
+        manager = shell.magics_manager
+        if manager is None:  # every InteractiveShell builds one; the policy needs it
+            raise RuntimeError("IPython's shell has no magics manager")
         # %%script, %%bash, %%sh, %%perl, ...: ScriptMagics starts them as subprocesses
         # itself, without shell.system.
-        script = shell.magics_manager.registry.get("ScriptMagics")
+        script = manager.registry.get("ScriptMagics")
         names = set(script.magics["cell"]) if script is not None else set()
         for name in sorted(names | {"script", "bash", "sh"}):
-            shell.register_magic_function(self._refuser(name), magic_kind="cell", magic_name=name)
+            # What shell.register_magic_function does (whose functools.wraps hides its
+            # signature from the type checker).
+            manager.register_function(self._refuser(name), magic_kind="cell", magic_name=name)
 
     def _refuser(self, name: str):
         def refuse(line: str = "", cell: str = "") -> None:

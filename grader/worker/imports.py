@@ -33,8 +33,13 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from . import seeding
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 BOOK_HELPERS = ("d2l", "dl")
 GUARD_NAME = "__convgrade_imports__"  # the object the transformed statements call
@@ -49,7 +54,7 @@ class BookHelperUnavailable(AttributeError):
     """A helper of the book's ``d2l``/``dl`` package was used under grading."""
 
 
-def configure(packages) -> None:
+def configure(packages: Iterable[str] | None) -> None:
     """Set the packages student code may import (``None``: whatever is installed)."""
     global _allowed
     _allowed = None if packages is None else frozenset(str(p) for p in packages)
@@ -92,18 +97,18 @@ class Placeholder:
         object.__setattr__(self, "_convgrade_root", root)
         object.__setattr__(self, "_convgrade_statement", statement)
 
-    def _fail(self):
+    def _fail(self) -> PackageUnavailable:
         return _unavailable(self._convgrade_root, self._convgrade_statement)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> NoReturn:
         if name.startswith("__"):  # IPython and introspection probe dunders; say "absent"
             raise AttributeError(name)
         raise self._fail()
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: object, **kwargs: object) -> NoReturn:
         raise self._fail()
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: object) -> NoReturn:
         raise self._fail()
 
     def __repr__(self) -> str:
@@ -157,13 +162,16 @@ def _is_future(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"
 
 
-def _module_of(stmt: ast.stmt) -> str:
+_ImportStmt = ast.Import | ast.ImportFrom
+
+
+def _module_of(stmt: _ImportStmt) -> str:
     if isinstance(stmt, ast.ImportFrom):
         return stmt.module or ""
     return stmt.names[0].name
 
 
-def _bound_names(node: ast.stmt) -> list[str]:
+def _bound_names(node: _ImportStmt) -> list[str]:
     names = []
     for alias in node.names:
         if alias.name == "*":
@@ -179,7 +187,7 @@ class ImportTransformer(ast.NodeTransformer):
     """Rewrites a cell's import statements as the module docstring describes."""
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
-        body = []
+        body: list[ast.stmt] = []
         for stmt in node.body:
             if _is_future(stmt):  # must stay first in the cell, and never fails
                 body.append(stmt)
@@ -190,26 +198,27 @@ class ImportTransformer(ast.NodeTransformer):
         node.body = body
         return node
 
-    def _single(self, stmt: ast.stmt) -> list[ast.stmt]:
+    def _single(self, stmt: _ImportStmt) -> list[_ImportStmt]:
         # One statement per imported module, so each can fail on its own.
         if isinstance(stmt, ast.Import) and len(stmt.names) > 1:
             return [ast.copy_location(ast.Import(names=[a]), stmt) for a in stmt.names]
         return [stmt]
 
-    def _guarded(self, stmt: ast.stmt) -> list[ast.stmt]:
+    def _guarded(self, stmt: _ImportStmt) -> list[ast.stmt]:
         module = _module_of(stmt)
         level = getattr(stmt, "level", 0) or 0
         check_stmt = ast.copy_location(_check_stmt(module, level, _statement_text(stmt)), stmt)
         return [check_stmt, stmt]
 
-    def _top_level(self, stmt: ast.stmt) -> list[ast.stmt]:
-        out = []
+    def _top_level(self, stmt: _ImportStmt) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
         for single in self._single(stmt):
             text = _statement_text(single)
             module = _module_of(single)
             exc = ast.Name("_convgrade_exc", ast.Load())
             args = [exc, ast.Constant(text), ast.Constant(module)]
             names = _bound_names(single)
+            handler_body: list[ast.stmt]
             if names:  # one report, then the same placeholder under every bound name
                 handler_body = [
                     ast.Assign(
@@ -235,10 +244,10 @@ class ImportTransformer(ast.NodeTransformer):
             out.append(ast.fix_missing_locations(ast.copy_location(wrapped, single)))
         return out
 
-    def visit_Import(self, node: ast.Import):
+    def visit_Import(self, node: ast.Import) -> list[ast.stmt]:
         return [ast.fix_missing_locations(s) for s in self._guarded(node)]
 
-    def visit_ImportFrom(self, node: ast.ImportFrom):
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.ImportFrom | list[ast.stmt]:
         if _is_future(node):
             return node
         return [ast.fix_missing_locations(s) for s in self._guarded(node)]
@@ -272,21 +281,26 @@ class _HelperModule(types.ModuleType):
 class BookHelperFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Provides ``d2l``/``dl`` and their submodules as stubs when they are not installed."""
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname.split(".")[0] not in BOOK_HELPERS:
             return None
         return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
 
-    def create_module(self, spec):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         module = _HelperModule(spec.name)
         module.__path__ = []
         return module
 
-    def exec_module(self, module) -> None:
+    def exec_module(self, module: types.ModuleType) -> None:
         pass
 
 
-def install(shell) -> None:
+def install(shell: InteractiveShell) -> None:
     """Set everything up in an IPython shell (in the zygote or a worker, before any cell)."""
     builtins.__dict__[GUARD_NAME] = Guard
     if not any(isinstance(f, BookHelperFinder) for f in sys.meta_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import resource
 import signal
@@ -84,6 +85,8 @@ def new_pid_namespace_for_children() -> list[str]:
 def own_pid_namespace_for_children() -> None:
     """In the zygote, after the fork: later children start in its own PID namespace again
     (a second ``unshare(CLONE_NEWPID)`` is refused while the first one is in effect)."""
+    if _own_pid_namespace is None:  # new_pid_namespace_for_children did not open it
+        raise OSError(errno.EBADF, "the zygote's PID namespace was never saved")
     _check(_libc.setns(ctypes.c_int(_own_pid_namespace), ctypes.c_int(CLONE_NEWPID)), "setns")
 
 
