@@ -127,6 +127,8 @@ class Zygote:
     def _drain(self) -> None:
         # Fixed-size reads and a fixed-size tail: whatever reaches this pipe (workers get
         # /dev/null, but a zygote can still print), it never costs more than 8 KiB here.
+        if self.proc.stderr is None:
+            return
         fd = self.proc.stderr.fileno()
         while True:
             try:
@@ -264,7 +266,7 @@ class Launcher:
         with self._lock:
             if self._zygote is None and self._pending is None:
                 self._pending = self._order_zygote()
-            if wait and self._zygote is None:
+            if wait and self._zygote is None and self._pending is not None:
                 pending, self._pending = self._pending, None
                 self._zygote = self._receive(pending)
 
@@ -297,6 +299,8 @@ class Launcher:
         if self.warm:
             self.start()
             zygote, owned, channel = self._zygote, None, self._channel
+            if zygote is None:
+                raise GraderBug("the worker zygote was not started")
         else:
             zygote = owned = self._receive(self._order_zygote())
             channel = 0

@@ -229,7 +229,7 @@ def _load_npy(raw: bytes) -> np.ndarray:
             raise ValueError(
                 f"header says {count * dtype.itemsize} bytes of data, got {len(raw) - data_start}"
             )
-        order = "F" if match["fortran"] == "True" else "C"
+        order: Literal["C", "F"] = "F" if match["fortran"] == "True" else "C"
         flat = np.frombuffer(raw, dtype=dtype, count=count, offset=data_start)
         array = flat.reshape(shape, order=order)
         # A channel reads each payload into its own bytearray: the array may keep it (it is

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import probes as _probes_module
 from . import protocol
-from .executor import restore_builtins, strip_ansi
+from .executor import CellRunner, restore_builtins, strip_ansi
 
 # The probes as shipped, taken when the worker starts, before any cell runs: a notebook that
 # reassigns ``cgworker.probes.layer_gradients`` does not change what a check's probe runs.
@@ -96,17 +96,20 @@ class Server:
 
     def __init__(self, channel: protocol.Channel) -> None:
         self.channel = channel
-        self.runner = None
+        self.runner: CellRunner | None = None
         self.handles: dict[int, object] = {}
         self.next_handle = 1
 
     # -- helpers -------------------------------------------------------------------------
-    def _namespace(self) -> dict:
+    def _runner(self) -> CellRunner:
         if self.runner is None:
             from .executor import take_runner
 
             self.runner = take_runner()
-        return self.runner.namespace
+        return self.runner
+
+    def _namespace(self) -> dict:
+        return self._runner().namespace
 
     def _store(self, obj) -> protocol.Handle:
         if len(self.handles) >= MAX_HANDLES:
@@ -161,8 +164,7 @@ class Server:
 
     # -- operations ----------------------------------------------------------------------
     def op_run_cell(self, req):
-        self._namespace()
-        result = self.runner.run(str(req["source"]))
+        result = self._runner().run(str(req["source"]))
         return {"ok": True, **result}
 
     def op_has(self, req):
