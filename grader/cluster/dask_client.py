@@ -14,17 +14,15 @@ with exit code 1: what was graded is on disk, and a re-run reuses it.
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from grader.authoring.assignment import Assignment
-from grader.engine import seeding
+from grader.cluster.packing import make_task, pack_assignment, worker_resources
 from grader.engine.submissions import Submission
 from grader.errors import ConvgradeError, StaffError
 from grader.outputs import writers
@@ -33,16 +31,15 @@ from grader.outputs.results import SubmissionResult
 if TYPE_CHECKING:
     import argparse
 
+    from nbformat import NotebookNode
+
     from grader.engine.batch import Progress
     from grader.engine.grading import GradeOptions
     from grader.engine.pytest_plugin import CheckInfo
     from grader.sandbox.launcher import SandboxPolicy
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
-MAX_ASSIGNMENT_MIB = 64
 CONNECT_TIMEOUT_S = 30
-# Folders and files of an assignment that grading does not need: they stay home.
-_LEFT_HOME = ("examples", "__pycache__", ".git", ".pytest_cache")
 
 
 class SchedulerLost(ConvgradeError):
@@ -54,85 +51,6 @@ class SchedulerLost(ConvgradeError):
 def scheduler_address(flag: str | None) -> str | None:
     """``--cluster``, else ``$DASK_SCHEDULER_ADDRESS``, else None (grade locally)."""
     return flag or os.environ.get(ADDRESS_ENV) or None
-
-
-def worker_resources(assignment: Assignment) -> dict[str, float]:
-    """``[worker] resources`` of assignment.toml: what a Dask worker must have to grade.
-
-    Raises:
-        StaffError: it is not a table of positive numbers.
-    """
-    from grader.authoring.assignment import tomllib
-
-    path = assignment.root / "assignment.toml"
-    worker = tomllib.loads(path.read_text(encoding="utf-8")).get("worker", {})
-    raw = worker.get("resources", {}) if isinstance(worker, dict) else {}
-    ok = isinstance(raw, dict) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in raw.values()
-    )
-    if not ok:
-        raise StaffError(
-            f"[worker] resources in {path} must be a table of positive numbers, for example "
-            f"resources = {{GPU = 1}}. Received: {raw!r}"
-        )
-    return {str(k): float(v) for k, v in raw.items()}
-
-
-def pack_assignment(assignment: Assignment) -> bytes:
-    """The assignment folder as tar bytes (with its secret), without its examples and its
-    solution notebook."""
-    root = assignment.root
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        parts = Path(info.name).parts
-        if any(p in _LEFT_HOME for p in parts) or info.name.endswith(".pyc"):
-            return None
-        if (root / info.name).resolve() == assignment.source.resolve():
-            return None
-        return info
-
-    # The hidden checks' key (grader/engine/seeding.py) goes with them, wherever it is kept here:
-    # a worker that made its own would draw other hidden inputs than local grading.
-    secret = (seeding.assignment_secret(root).decode() + "\n").encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for child in sorted(root.iterdir()):
-            if child.name != seeding.SECRET_FILE:
-                tar.add(child, arcname=child.name, filter=keep)
-        info = tarfile.TarInfo(seeding.SECRET_FILE)
-        info.size, info.mode = len(secret), 0o600
-        tar.addfile(info, io.BytesIO(secret))
-    data = buf.getvalue()
-    if len(data) > MAX_ASSIGNMENT_MIB * 2**20:
-        raise StaffError(
-            f"{root} packs to {len(data) / 2**20:.0f} MiB; at most {MAX_ASSIGNMENT_MIB} MiB "
-            "travels to the Dask workers. Move large data out of the assignment folder."
-        )
-    return data
-
-
-def _task(sub: Submission, max_mib: int):
-    """The plain-data task for ``sub``: its notebook's bytes, or the problem found here."""
-    from grader.cluster.dask_worker import Task
-    from grader.engine.notebook import load_submission
-    from grader.errors import SubmissionProblem
-
-    problem, data = sub.problem, None
-    if problem is None and sub.path is not None:
-        try:
-            if sub.path.stat().st_size <= max_mib * 2**20:
-                data = sub.path.read_bytes()
-        except OSError:
-            pass
-        if data is None:  # too large or unreadable: the same problem, in the same words
-            try:
-                load_submission(sub.path, max_mib)
-                data = sub.path.read_bytes()  # it became readable in the meantime
-            except SubmissionProblem as exc:
-                problem = exc
-    as_tuple = (problem.status, problem.message) if problem is not None else None
-    filename = sub.path.name if sub.path is not None else f"{sub.id}.ipynb"
-    return Task(sub.id, sub.origin, filename, data, as_tuple)
 
 
 def grade_on_cluster(
@@ -154,40 +72,12 @@ def grade_on_cluster(
         StaffError: no scheduler at ``address``, or the workers could not set up grading.
         SchedulerLost: the scheduler went away mid-batch.
     """
-    from distributed import as_completed
-    from distributed.scheduler import KilledWorker
+    from grader.cluster.dask_worker import GradingWorkerPlugin
+    from grader.engine.batch import _fp
 
-    from grader.cluster.dask_worker import GradingWorkerPlugin, grade_task
-    from grader.engine.batch import Progress, _fp, _with_fingerprint, _written
-    from grader.engine.grading import grader_error
-
-    results: dict[str, SubmissionResult] = {}
-    todo: list[Submission] = []
     fps = {s.id: _fp(s, assignment, options) for s in subs}
-    for sub in subs:
-        previous = writers.reusable(out, sub.id, fps[sub.id], assignment.title) if reuse else None
-        if previous:
-            results[sub.id] = previous
-            if on_progress:
-                on_progress(Progress(len(results), len(subs), previous, True))
-        else:
-            todo.append(sub)
-
-    def emit(result: SubmissionResult, executed) -> None:
-        if result.submission in results:  # a second answer for the same submission
-            return
-        result = _with_fingerprint(result, fps[result.submission])
-        # As local grading: if a file cannot be written, the row says so instead of vanishing.
-        result = _written(out, result, executed, assignment, checks)
-        results[result.submission] = result
-        if on_progress:
-            on_progress(Progress(len(results), len(subs), result, False))
-
-    isolation = ""
-
-    def failed(sub: Submission, why: str) -> SubmissionResult:
-        return grader_error(sub, assignment, checks, isolation, why)
-
+    batch = _ClusterBatch(subs, assignment, checks, out, fps, on_progress, on_isolation)
+    todo = [sub for sub in subs if not (reuse and batch.reused(sub))]
     if todo:
         resources = worker_resources(assignment)
         client = _connect(address)
@@ -203,51 +93,124 @@ def grade_on_cluster(
                 sandbox,
             )
             _register(client, plugin, name, address, resources)
-            by_key = {}
-            for sub in todo:
-                future = client.submit(
-                    grade_task,
-                    name,
-                    _task(sub, options.max_notebook_mib),
-                    key=f"{name}-{sub.id}",
-                    pure=False,
-                    retries=1,
-                    resources=resources or None,
-                )
-                by_key[future.key] = (future, sub)
-            for future in as_completed([f for f, _ in by_key.values()], loop=client.loop):
-                sub = by_key.pop(future.key)[1]
-                try:
-                    data, executed_json = future.result()
-                    future.release()  # its result leaves the cluster's memory
-                except KilledWorker as exc:
-                    emit(failed(sub, _killed_reason(exc)), None)
-                    continue
-                except Exception as exc:
-                    if future.cancelled() or client.status != "running":
-                        lost = _lost_message(address, len(results), len(subs))
-                        raise SchedulerLost(lost) from None
-                    emit(failed(sub, f"the Dask task failed: {type(exc).__name__}: {exc}"), None)
-                    continue
-                try:
-                    result = SubmissionResult.from_dict(data)
-                    executed = _notebook(executed_json)
-                    if result.submission != sub.id:
-                        raise ValueError(f"a result for {result.submission!r}")
-                except Exception as exc:  # our own worker code, so a bug: say so, go on
-                    why = f"the Dask worker sent back a malformed result: {exc!r}"[:2000]
-                    emit(failed(sub, why), None)
-                    continue
-                if not isolation:
-                    isolation = result.execution.isolation
-                    if on_isolation:
-                        on_isolation(isolation)
-                emit(result, executed)
+            by_key = _submit(client, name, todo, options.max_notebook_mib, resources)
+            _gather(client, by_key, batch, address)
         finally:
             _close(client, name)
-    ordered = [results[s.id] for s in subs]
+    ordered = [batch.results[s.id] for s in subs]
     writers.write_summary(out, ordered, assignment.question_ids())
     return ordered
+
+
+class _ClusterBatch:
+    """The client's record of a batch: results as they come, each written at once."""
+
+    def __init__(
+        self,
+        subs: list[Submission],
+        assignment: Assignment,
+        checks: list[CheckInfo],
+        out: Path,
+        fps: dict[str, str],
+        on_progress: Callable[[Progress], None] | None,
+        on_isolation: Callable[[str], None] | None,
+    ) -> None:
+        self.subs, self.assignment, self.checks, self.out = subs, assignment, checks, out
+        self.fps = fps
+        self.on_progress, self.on_isolation = on_progress, on_isolation
+        self.results: dict[str, SubmissionResult] = {}
+        self.isolation = ""  # what the workers' sandbox enforces, from the first result
+
+    def reused(self, sub: Submission) -> bool:
+        """Whether ``sub``'s earlier result stands (its missing files rendered again)."""
+        previous = writers.reusable(self.out, sub.id, self.fps[sub.id], self.assignment.title)
+        if previous is None:
+            return False
+        self._progress(previous, reused=True)
+        return True
+
+    def emit(self, result: SubmissionResult, executed: NotebookNode | None) -> None:
+        from grader.engine.batch import _with_fingerprint, _written
+
+        if result.submission in self.results:  # a second answer for the same submission
+            return
+        result = _with_fingerprint(result, self.fps[result.submission])
+        # As local grading: if a file cannot be written, the row says so instead of vanishing.
+        result = _written(self.out, result, executed, self.assignment, self.checks)
+        self._progress(result, reused=False)
+
+    def note_isolation(self, isolation: str) -> None:
+        """What a worker's result says its sandbox enforced; the first one is reported."""
+        if not self.isolation:
+            self.isolation = isolation
+            if self.on_isolation:
+                self.on_isolation(isolation)
+
+    def failed(self, sub: Submission, why: str) -> None:
+        from grader.engine.grading import grader_error
+
+        self.emit(grader_error(sub, self.assignment, self.checks, self.isolation, why), None)
+
+    def _progress(self, result: SubmissionResult, reused: bool) -> None:
+        from grader.engine.batch import Progress
+
+        self.results[result.submission] = result
+        if self.on_progress:
+            self.on_progress(Progress(len(self.results), len(self.subs), result, reused))
+
+
+def _submit(
+    client: Any, name: str, todo: list[Submission], max_mib: int, resources: dict
+) -> dict[str, tuple[Any, Submission]]:
+    """One Dask task per submission; the futures by key."""
+    from grader.cluster.dask_worker import grade_task
+
+    by_key = {}
+    for sub in todo:
+        future = client.submit(
+            grade_task,
+            name,
+            make_task(sub, max_mib),
+            key=f"{name}-{sub.id}",
+            pure=False,
+            retries=1,
+            resources=resources or None,
+        )
+        by_key[future.key] = (future, sub)
+    return by_key
+
+
+def _gather(
+    client: Any, by_key: dict[str, tuple[Any, Submission]], batch: _ClusterBatch, address: str
+) -> None:
+    """Each task's result into ``batch`` as it completes; a failed task is its row's reason."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    for future in as_completed([f for f, _ in by_key.values()], loop=client.loop):
+        sub = by_key.pop(future.key)[1]
+        try:
+            data, executed_json = future.result()
+            future.release()  # its result leaves the cluster's memory
+        except KilledWorker as exc:
+            batch.failed(sub, _killed_reason(exc))
+            continue
+        except Exception as exc:
+            if future.cancelled() or client.status != "running":
+                lost = _lost_message(address, len(batch.results), len(batch.subs))
+                raise SchedulerLost(lost) from None
+            batch.failed(sub, f"the Dask task failed: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            result = SubmissionResult.from_dict(data)
+            executed = _notebook(executed_json)
+            if result.submission != sub.id:
+                raise ValueError(f"a result for {result.submission!r}")
+        except Exception as exc:  # our own worker code, so a bug: say so, go on
+            batch.failed(sub, f"the Dask worker sent back a malformed result: {exc!r}"[:2000])
+            continue
+        batch.note_isolation(result.execution.isolation)
+        batch.emit(result, executed)
 
 
 def _notebook(text: str | None):
