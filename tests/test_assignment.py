@@ -295,10 +295,12 @@ def test_fixture_table_covers_every_mistake_notebook():
 
 @pytest.fixture(scope="module")
 def probes():
+    """The assignment's probes file, loaded as the zygote loads it."""
     pytest.importorskip("tensorflow")
+    from grader.authoring.assignment import load
     from grader.worker import probes
 
-    return probes
+    return probes.load(str(load(ASSIGNMENT).probes))
 
 
 def _layers():
@@ -363,15 +365,17 @@ def test_probe_layer_gradients_reports_what_raised(probes):
 
 
 def test_worker_keeps_its_own_probe_references(probes):
-    """Reassigning cgworker.probes.NAME from a notebook does not change what a check runs."""
+    """Reassigning cgprobes.NAME from a notebook does not change what a check runs."""
     from grader.worker import serve
 
     original = probes.layer_gradients
+    serve.install_probes(probes)
     try:
         probes.layer_gradients = lambda *a, **k: {"weight": "forged"}
         assert serve._PROBES["layer_gradients"] is original
     finally:
         probes.layer_gradients = original
+        serve.install_probes(None)
 
 
 def test_probe_corr_gradient(probes):
@@ -400,7 +404,8 @@ def graded():
 
     paths = [ASSIGNMENT / "source.ipynb", ASSIGNMENT / "student.ipynb"]
     paths += sorted(MISTAKES.glob("*.ipynb")) + sorted((ASSIGNMENT / "examples").glob("*.ipynb"))
-    launcher = Launcher(hidden=(load(ASSIGNMENT).root,))
+    asg = load(ASSIGNMENT)
+    launcher = Launcher(hidden=(asg.root,), probes=asg.probes)
     try:
         return {p.stem: grade_notebook(p, ASSIGNMENT, launcher=launcher) for p in paths}
     finally:

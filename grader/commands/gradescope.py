@@ -266,6 +266,7 @@ def _grade(notebook: Path, asg: Assignment, root: Path, sandbox: SandboxPolicy) 
         preload=asg.preload,
         limits=WorkerLimits(memory_mib=grading_limits(asg.limits)[1]),
         hidden=hidden,
+        probes=asg.probes,
         sandbox=sandbox,
     )
     try:
