@@ -53,11 +53,7 @@ def grade_notebook(
     checks = collect_checks(asg, include_hidden)
     opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden, packages=asg.packages)
     own = launcher is None
-    if not own and launcher.probes != asg.probes:
-        raise StaffError(
-            f"the launcher serves the probes {launcher.probes}, but {asg.root} declares "
-            f"{asg.probes}: make it with Launcher(probes=assignment.probes)"
-        )
+    _check_probes(launcher, asg)
     if own:
         launcher = Launcher(
             preload=asg.preload,
@@ -77,3 +73,12 @@ def grade_notebook(
         if own:
             launcher.close()
     return (result, nb) if return_executed else result
+
+
+def _check_probes(launcher: Launcher | None, asg: assignment_mod.Assignment) -> None:
+    """A launcher made elsewhere must serve this assignment's probes (they load at its start)."""
+    if launcher is not None and launcher.probes != asg.probes:
+        raise StaffError(
+            f"the launcher serves the probes {launcher.probes}, but {asg.root} declares "
+            f"{asg.probes}: make it with Launcher(probes=assignment.probes)"
+        )

@@ -148,3 +148,16 @@ def test_student_code_sees_the_probes_file_but_not_the_key_or_the_checks(folder,
     assert lines[0] == "False False"
     assert lines[1] == "True"
     assert lines[2] == repr(probes)
+
+
+def test_the_gradescope_zip_carries_the_probes_file_and_the_key(tmp_path):
+    import zipfile
+
+    from grader.commands.gradescope import build_autograder
+
+    folder = tmp_path / "smoothing"
+    shutil.copytree(SMOOTHING, folder, ignore=shutil.ignore_patterns("secret"))
+    with zipfile.ZipFile(build_autograder(load(folder), tmp_path / "ag.zip")) as zf:
+        names = set(zf.namelist())
+    assert {"assignment/probes.py", "assignment/checks/hidden/answers.py"} <= names
+    assert "assignment/source.ipynb" not in names

@@ -188,14 +188,8 @@ def load(name_or_dir: str | Path | None = None) -> Assignment:
             raise StaffError(
                 f"[limits] {key} must be a positive number {where}. Received: {value!r}"
             )
-    worker = data.get("worker", {})
-    preload = worker.get("preload", list(DEFAULT_PRELOAD)) if isinstance(worker, dict) else None
-    if not isinstance(preload, list) or not all(isinstance(m, str) for m in preload):
-        raise StaffError(
-            f"[worker] preload must be a list of module names {where}. Received: {preload!r}"
-        )
+    preload, probes = _worker(root, data.get("worker", {}), where)
     packages = _packages(data.get("environment", {}), where)
-    probes = _probes(root, worker.get("probes") if isinstance(worker, dict) else None, where)
     public = root / "checks" / "public"
     hidden = root / "checks" / "hidden"
     if not public.is_dir() and not hidden.is_dir():
@@ -213,6 +207,16 @@ def load(name_or_dir: str | Path | None = None) -> Assignment:
         hints=_hints(data.get("hints", []), where),
         probes=probes,
     )
+
+
+def _worker(root: Path, worker, where: str) -> tuple[list[str], Path | None]:
+    """``[worker]``: the modules the zygote preloads, and the probes file."""
+    preload = worker.get("preload", list(DEFAULT_PRELOAD)) if isinstance(worker, dict) else None
+    if not isinstance(preload, list) or not all(isinstance(m, str) for m in preload):
+        raise StaffError(
+            f"[worker] preload must be a list of module names {where}. Received: {preload!r}"
+        )
+    return preload, _probes(root, worker.get("probes"), where)
 
 
 def _probes(root: Path, raw, where: str) -> Path | None:

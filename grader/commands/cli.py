@@ -298,13 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "without engine errors; every example scores what examples/expected.toml says.",
         "convgrade validate assignments/week1 --junit validate.xml",
     )
-    v.add_argument(
-        "assignment_dir",
-        metavar="ASSIGNMENT_DIR",
-        nargs="?",
-        default=None,
-        help="the assignment folder (default: the one bundled assignment)",
-    )
+    v.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?")
     options.add(v, "junit")
     v.set_defaults(handler=cmd_validate)
 

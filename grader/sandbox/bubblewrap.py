@@ -293,11 +293,8 @@ def zygote_env() -> dict[str, str]:
 def bwrap_command(
     mode: Mode, hidden: tuple[Path, ...] = (), probes: Path | None = None
 ) -> list[str]:
-    """The bubblewrap command line that starts a zygote (without the Python part).
-
-    ``probes`` is the assignment's probes file: the one file of the assignment the sandbox
-    shows, read-only at :data:`PROBES_MOUNT` (its checks and answer key stay hidden).
-    """
+    """The bubblewrap command line that starts a zygote (without the Python part); the
+    assignment's ``probes`` file is the one file of it shown, at :data:`PROBES_MOUNT`."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise FileNotFoundError("bwrap")
