@@ -157,7 +157,7 @@ def test_the_gradescope_zip_carries_the_probes_file_and_the_key(tmp_path):
 
     folder = tmp_path / "smoothing"
     shutil.copytree(SMOOTHING, folder, ignore=shutil.ignore_patterns("secret"))
-    with zipfile.ZipFile(build_autograder(load(folder), tmp_path / "ag.zip")) as zf:
+    with zipfile.ZipFile(build_autograder(folder, tmp_path / "ag.zip")) as zf:
         names = set(zf.namelist())
     assert {"assignment/probes.py", "assignment/checks/hidden/answers.py"} <= names
     assert "assignment/source.ipynb" not in names
