@@ -86,11 +86,13 @@ def test_a_malformed_expected_toml_is_a_staff_error(tmp_path, entry, message):
         ('"missing.py"', r"\[worker\] probes must name a \.py file inside the assignment"),
         ('"../mini/assignment.toml"', r"\[worker\] probes must name a \.py file"),
         ('"checks/hidden/answers.py"', r"lies in checks/hidden, but student code can read"),
+        ('"broken.py"', r"broken\.py is not valid Python"),
     ],
 )
 def test_a_bad_probes_entry_is_a_staff_error(tmp_path, probes, message):
     folder = tmp_path / "smoothing"
     shutil.copytree(SMOOTHING, folder)
+    (folder / "broken.py").write_text("def probe(:\n")
     toml = folder / "assignment.toml"
     toml.write_text(toml.read_text().replace('probes = "probes.py"', f"probes = {probes}"))
     with pytest.raises(StaffError, match=message):

@@ -235,6 +235,10 @@ def _probes(root: Path, raw, where: str) -> Path | None:
             f"[worker] probes {where} lies in checks/hidden, but student code can read the "
             "probes file: keep it outside checks/hidden (e.g. probes.py beside assignment.toml)"
         )
+    try:  # the zygote imports it; a syntax error is the staff's, and found here before grading
+        compile(path.read_bytes(), str(path), "exec")
+    except SyntaxError as exc:
+        raise StaffError(f"[worker] probes {where}: {path} is not valid Python ({exc})") from None
     return path
 
 

@@ -188,16 +188,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _load_probes(path: str | None):
     """The assignment's probes module, served by every worker this zygote forks."""
+    if not path:
+        return None  # workers serve no probes
     from . import probes, serve
 
-    module = None
-    if path:
-        try:
-            module = probes.load(path)
-        except probes.ProbesUnusable as exc:  # no worker could answer the checks' probes
-            sys.stderr.write(f"convgrade zygote: {exc}\n")
-            sys.stderr.flush()
-            os._exit(70)
+    try:
+        module = probes.load(path)
+    except probes.ProbesUnusable as exc:  # no worker could answer the checks' probes
+        sys.stderr.write(f"convgrade zygote: {exc}\n")
+        sys.stderr.flush()
+        os._exit(70)
     serve.install_probes(module)
     return module
 
