@@ -104,7 +104,7 @@ def pack_assignment(assignment: Assignment) -> bytes:
 
 def _task(sub: Submission, max_mib: int):
     """The plain-data task for ``sub``: its notebook's bytes, or the problem found here."""
-    from grader.cluster.dask_client.dask_worker import Task
+    from grader.cluster.dask_worker import Task
     from grader.engine.notebook import load_submission
     from grader.errors import SubmissionProblem
 
@@ -148,7 +148,7 @@ def grade_on_cluster(
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    from grader.cluster.dask_client.dask_worker import GradingWorkerPlugin, grade_task
+    from grader.cluster.dask_worker import GradingWorkerPlugin, grade_task
     from grader.engine.batch import Progress, _fp, _with_fingerprint, _written
     from grader.engine.grading import grader_error
 

@@ -97,7 +97,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
 
     # --cluster, else $DASK_SCHEDULER_ADDRESS: grade on Dask (grader/cluster/dask_client.py).
     if address := args.cluster or os.environ.get("DASK_SCHEDULER_ADDRESS"):
-        from grader.cluster.dask_client.dask_client import run_grade_command
+        from grader.cluster.dask_client import run_grade_command
 
         return run_grade_command(args, address, out_stream, err_stream)
     started = time.monotonic()

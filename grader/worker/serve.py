@@ -26,6 +26,7 @@ from builtins import (  # noqa: E402, UP029
     tuple,
     type,
 )
+from types import ModuleType
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from .executor import restore_builtins, strip_ansi
 _PROBES: dict = {}
 
 
-def install_probes(module) -> None:
+def install_probes(module: ModuleType | None) -> None:
     """Serve the probes of ``module`` (see :mod:`.probes`); None serves none."""
     _PROBES.clear()
     _PROBES.update(_probes_module.table(module))

@@ -24,6 +24,7 @@ import select
 import signal
 import socket
 import sys
+from types import ModuleType
 
 
 def _reap(signum, frame) -> None:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)
 
 
-def _load_probes(path: str | None):
+def _load_probes(path: str | None) -> ModuleType | None:
     """The assignment's probes module, served by every worker this zygote forks."""
     if not path:
         return None  # workers serve no probes
@@ -202,7 +203,7 @@ def _load_probes(path: str | None):
     return module
 
 
-def _warm(cfg: dict, probes=None) -> None:
+def _warm(cfg: dict, probes: ModuleType | None = None) -> None:
     from . import warmup
 
     if not warmup.available():
