@@ -163,3 +163,33 @@ def test_the_gradescope_zip_carries_the_probes_file_and_the_key(tmp_path):
         names = set(zf.namelist())
     assert {"assignment/probes.py", "assignment/checks/hidden/answers.py"} <= names
     assert "assignment/source.ipynb" not in names
+
+
+def test_the_default_assignment_is_the_one_bundled(tmp_path, monkeypatch):
+    from grader.authoring import assignment
+
+    assert assignment.default_name() == "convolutions"  # the checkout bundles one
+    assert assignment.resolve(None) == CONVOLUTIONS
+    monkeypatch.setattr(assignment, "bundled_dir", lambda: tmp_path)
+    with pytest.raises(StaffError, match=r"no single bundled one to default to \(bundled: none\)"):
+        assignment.load(None)
+    for name in ("smoothing", "mini"):
+        shutil.copytree(ROOT / "tests" / "fixtures" / name, tmp_path / name)
+    with pytest.raises(StaffError, match=r"\(bundled: mini, smoothing\)\. Pass --assignment"):
+        assignment.resolve(None)
+    shutil.rmtree(tmp_path / "mini")
+    assert assignment.load(None).name == "smoothing"
+
+
+def test_the_engine_holds_no_word_of_the_bundled_assignment():
+    """Everything particular to an assignment lives in its folder (issue 13)."""
+    import re
+
+    words = re.compile(r"convolution|corr2d|conv2d", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "grader").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if words.search(line)
+    ]
+    assert found == []
