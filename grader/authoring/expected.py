@@ -45,7 +45,7 @@ class Expectation:
     status: str | None = None
 
     def describe(self) -> str:
-        """A short title for a validate item, e.g. ``scores 35`` or ``loses corr2d 5``."""
+        """A short title for a validate item, e.g. ``scores 35`` or ``loses pool2d 2``."""
         if self.lost is not None:
             lost = ", ".join(f"{q} {p:g}" for q, p in sorted(self.lost.items()))
             return f"loses {lost}" if lost else "loses nothing"
