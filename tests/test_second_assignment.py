@@ -193,3 +193,10 @@ def test_the_engine_holds_no_word_of_the_bundled_assignment():
         if words.search(line)
     ]
     assert found == []
+
+
+def test_the_bundled_release_with_its_probes_file_leaks_nothing():
+    asg = load(CONVOLUTIONS)
+    members = release_members(asg, student_notebook(asg))
+    assert "convolutions/probes.py" in members
+    assert leaks(asg, members) == []

@@ -15,8 +15,10 @@ boundary.
 
 Probes are trusted code but run among untrusted objects: they never assume a student's
 object behaves, and they return plain data only (dicts of numpy arrays, floats, str, None).
-Only numpy and tensorflow are imported, and tensorflow lazily, so that loading this module
-does not load TensorFlow into a worker whose notebook never did. :func:`warm_up` (not a
+It ships in the student release, so no line of it may repeat a line of the solution
+(``convgrade validate`` checks). Only numpy and tensorflow are imported, and tensorflow
+lazily, so that loading this module does not load TensorFlow into a worker whose notebook
+never did. :func:`warm_up` (not a
 probe) is the workload the zygote runs once to warm the ops these notebooks use most.
 """
 
@@ -79,12 +81,12 @@ def corr_gradient(corr, X, K, upstream=None) -> dict:
     kernel = tf.Variable(np.asarray(K, dtype=np.float32))
     X = tf.convert_to_tensor(np.asarray(X, dtype=np.float32))
     try:
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as recorder:
             output = tf.cast(tf.convert_to_tensor(corr(X, kernel)), tf.float32)
             if upstream is not None:
                 output = output * np.asarray(upstream, np.float32)
             loss = tf.reduce_sum(output)
-        gradient = tape.gradient(loss, kernel)
+        gradient = recorder.gradient(loss, kernel)
     except Exception as exc:  # NumPy conversion of a watched value, shape errors...
         return {"kernel": None, "error": f"{type(exc).__name__}: {exc}"}
     return {"kernel": _numpy_or_none(gradient), "error": None}
@@ -102,11 +104,11 @@ def warm_up() -> None:
     tf = _tf()
     conv = keras.layers.Conv2D(1, (1, 2), use_bias=False)
     images = tf.ones((1, 4, 4, 1))
-    conv.build(images.shape)
+    conv(images)  # builds the kernel
     for _ in range(2):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as recorder:
             loss = tf.reduce_sum((conv(images) - 1.0) ** 2)
-        grad = tape.gradient(loss, conv.kernel)
+        grad = recorder.gradient(loss, conv.kernel)
         conv.kernel.assign_sub(0.1 * grad)
         float(loss)
     np.asarray(conv.kernel)
