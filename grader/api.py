@@ -9,13 +9,14 @@ from grader.commands.options import grading_limits
 from grader.engine.grading import GradeOptions, executed_notebook, finish, prepare
 from grader.engine.pytest_plugin import collect_checks
 from grader.engine.submissions import Submission
+from grader.errors import StaffError
 from grader.outputs.results import SubmissionResult
 from grader.sandbox.launcher import Launcher, SandboxPolicy, WorkerLimits
 
 
 def grade_notebook(
     notebook_path: str | Path,
-    assignment: str | Path = "convolutions",
+    assignment: str | Path | None = None,
     *,
     include_hidden: bool = True,
     launcher: Launcher | None = None,
@@ -30,10 +31,11 @@ def grade_notebook(
 
     Args:
         notebook_path: the .ipynb file.
-        assignment: a bundled assignment's name or an assignment folder.
+        assignment: a bundled assignment's name or an assignment folder; None: the one
+            bundled assignment.
         include_hidden: False runs the public checks only (what students can run).
         launcher: reuse a started :class:`Launcher` (fast for many calls); one is made
-            and closed otherwise.
+            and closed otherwise. It must serve the assignment's probes file.
         return_executed: also return the executed notebook, as ``(result, notebook)``.
         sandbox: where no sandbox can be made, ``"require"`` refuses
             (:class:`~grader.sandbox.bubblewrap.SandboxUnavailable`), ``"prefer"`` runs the notebook
@@ -51,12 +53,14 @@ def grade_notebook(
     checks = collect_checks(asg, include_hidden)
     opts = GradeOptions(timeouts=timeouts, include_hidden=include_hidden, packages=asg.packages)
     own = launcher is None
+    _check_probes(launcher, asg)
     if own:
         launcher = Launcher(
             preload=asg.preload,
             warm=False,
             limits=WorkerLimits(memory_mib=memory),
             hidden=(asg.root,),
+            probes=asg.probes,
             sandbox=sandbox,
         )
     path = Path(notebook_path)
@@ -69,3 +73,12 @@ def grade_notebook(
         if own:
             launcher.close()
     return (result, nb) if return_executed else result
+
+
+def _check_probes(launcher: Launcher | None, asg: assignment_mod.Assignment) -> None:
+    """A launcher made elsewhere must serve this assignment's probes (they load at its start)."""
+    if launcher is not None and launcher.probes != asg.probes:
+        raise StaffError(
+            f"the launcher serves the probes {launcher.probes}, but {asg.root} declares "
+            f"{asg.probes}: make it with Launcher(probes=assignment.probes)"
+        )

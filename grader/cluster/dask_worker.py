@@ -113,6 +113,7 @@ class GradingWorkerPlugin(WorkerPlugin):
             preload=self.assignment.preload,
             limits=WorkerLimits(memory_mib=self.memory_mib),
             hidden=(self.tmp, Path(worker.local_directory)),
+            probes=self.assignment.probes,
             sandbox=self.sandbox,
         )
         # The zygote imports its libraries while the first task is on its way.

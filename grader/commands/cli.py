@@ -23,11 +23,11 @@ from grader.errors import ConvgradeError, StaffError
 
 EPILOG = """\
 examples:
-  convgrade grade assignments/convolutions/examples --out /tmp/g   # grade a class
+  convgrade grade submissions/ --out /tmp/g          # grade a class
   convgrade check my_notebook.ipynb                  # students: public checks only
-  convgrade assign assignments/convolutions          # build the student release
-  convgrade validate assignments/convolutions --junit v.xml   # CI on a solution repo
-  convgrade gradescope assignments/convolutions --out autograder.zip
+  convgrade assign assignments/week1                 # build the student release
+  convgrade validate assignments/week1 --junit v.xml # CI on a solution repo
+  convgrade gradescope assignments/week1 --out autograder.zip
   convgrade report /tmp/g                            # report.html for a graded class
 
 exit codes: 0 all graded, 1 some submissions could not be graded,
@@ -110,6 +110,7 @@ def cmd_grade(args, out_stream, err_stream) -> int:
         warm=not args.fresh_workers,
         limits=WorkerLimits(memory_mib=memory),
         hidden=(asg.root, out.resolve(), *[Path(p).resolve() for p in args.paths]),
+        probes=asg.probes,
         sandbox="off" if args.no_sandbox else "require",
     )
     launcher.start(wait=False)
@@ -213,7 +214,7 @@ def _sub(sub, name: str, help: str, description: str, example: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convgrade",
-        description="Grade Jupyter notebooks for the 'Convolutions for Images' chapter. "
+        description="Grade Jupyter notebooks with an assignment's pytest checks. "
         "Student code runs in a sandboxed process; hidden pytest checks run outside it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run each notebook in its own sandboxed worker, score it with the "
         "assignment's public and hidden checks, and write grades.csv plus one folder per "
         "submission (result.json, feedback.md, results.json for Gradescope, executed.ipynb).",
-        epilog="example:\n  convgrade grade assignments/convolutions/examples --out /tmp/g",
+        epilog="example:\n  convgrade grade submissions/ --out /tmp/g",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument(
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Hidden checks are not needed and never shown. The assignment is the folder with "
         "assignment.toml next to the notebook (the unpacked student zip), unless "
         "--assignment says otherwise.",
-        "convgrade check convolutions/student.ipynb",
+        "convgrade check week1/student.ipynb",
     )
     c.add_argument("notebook", metavar="NOTEBOOK", help="your .ipynb file (save it first)")
     c.add_argument(
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "it, assignment.toml and the public checks. Refuses (exit 2) when the solution "
         "does not score the maximum, the student notebook scores above 0, or hidden "
         "material would be released.",
-        "convgrade assign assignments/convolutions --out release/",
+        "convgrade assign assignments/week1 --out release/",
     )
     a.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
     options.add(a, "release_out")
@@ -295,11 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         "student.ipynb is what `assign` generates; the release holds no hidden checks or "
         "solution text; the solution scores the maximum; the student notebook scores 0 "
         "without engine errors; every example scores what examples/expected.toml says.",
-        "convgrade validate assignments/convolutions --junit validate.xml",
+        "convgrade validate assignments/week1 --junit validate.xml",
     )
-    v.add_argument(
-        "assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?", default="assignments/convolutions"
-    )
+    v.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?")
     options.add(v, "junit")
     v.set_defaults(handler=cmd_validate)
 
@@ -310,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Write a zip with setup.sh, run_autograder, convgrade's source and the assignment "
         "(hidden checks included; the solution notebook left out) to upload as a "
         "Gradescope programming assignment's autograder.",
-        "convgrade gradescope assignments/convolutions --out autograder.zip",
+        "convgrade gradescope assignments/week1 --out autograder.zip",
     )
     s.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
     options.add(s, "autograder_out")

@@ -6,13 +6,13 @@ Each item is a named pass/fail with a message; the list renders as a table and a
 
 from __future__ import annotations
 
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
+from grader.authoring import expected as expected_mod
 from grader.authoring.assignment import Assignment
 from grader.authoring.release import (
     grade_reference_notebooks,
@@ -27,37 +27,12 @@ from grader.engine.submissions import Submission
 from grader.errors import StaffError
 from grader.outputs.writers import atomic_write
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 
 @dataclass(frozen=True)
 class Item:
     name: str
     ok: bool
     message: str = ""
-
-
-def expected_scores(asg: Assignment) -> dict[str, float]:
-    """``examples/expected.toml``: example stem -> score (top level or under [scores])."""
-    path = asg.examples_dir / "expected.toml"
-    if not path.is_file():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise StaffError(f"{path} is not valid TOML: {exc}") from None
-    table = data.get("scores", data)
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            value = value.get("score")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StaffError(f"{path}: the expected score of {key!r} must be a number")
-        out[str(key)] = float(value)
-    return out
 
 
 def validate(asg: Assignment) -> list[Item]:
@@ -94,7 +69,7 @@ def validate(asg: Assignment) -> list[Item]:
         Item("student release holds no hidden checks or solution text", not found, "\n".join(found))
     )
 
-    expected = expected_scores(asg)
+    expected = expected_mod.load(asg.examples_dir)
     notebooks = sorted(asg.examples_dir.glob("*.ipynb")) if asg.examples_dir.is_dir() else []
     examples = tuple(
         Submission(f"example:{nb.stem}", str(nb), nb) for nb in notebooks if nb.stem in expected
@@ -129,14 +104,8 @@ def validate(asg: Assignment) -> list[Item]:
     for res in example_results:
         stem = res.submission.removeprefix("example:")
         want = expected[stem]
-        ok = abs(res.score - want) < 1e-9
-        items.append(
-            Item(
-                f"example {stem} scores {want:g}",
-                ok,
-                "" if ok else f"it scores {res.score:g} (status {res.status})",
-            )
-        )
+        problems = want.problems(res)
+        items.append(Item(f"example {stem} {want.describe()}", not problems, "\n".join(problems)))
     return items
 
 
