@@ -161,11 +161,35 @@ def load(name_or_dir: str | Path | None = None) -> Assignment:
     meta = data.get("assignment", {})
     if not isinstance(meta, dict):
         raise StaffError(f"[assignment] must be a table {where}")
-    questions_raw = data.get("questions")
-    if not isinstance(questions_raw, dict) or not questions_raw:
+    questions = _questions(data.get("questions"), where)
+    limits = _limits(data.get("limits", {}), where)
+    preload, probes = _worker(root, data.get("worker", {}), where)
+    packages = _packages(data.get("environment", {}), where)
+    public = root / "checks" / "public"
+    hidden = root / "checks" / "hidden"
+    if not public.is_dir() and not hidden.is_dir():
+        raise StaffError(f"{root} has neither checks/public nor checks/hidden.")
+    return Assignment(
+        name=root.name,
+        root=root,
+        title=str(meta.get("title", root.name)),
+        questions=questions,
+        limits=limits,
+        source=root / str(meta.get("source", "source.ipynb")),
+        student=root / str(meta.get("student", "student.ipynb")),
+        preload=tuple(preload),
+        packages=packages,
+        hints=_hints(data.get("hints", []), where),
+        probes=probes,
+    )
+
+
+def _questions(raw: object, where: str) -> tuple[Question, ...]:
+    """``[questions.<id>]``: each with a positive number of points."""
+    if not isinstance(raw, dict) or not raw:
         raise StaffError(f"no [questions.<id>] tables {where}; each question needs points.")
     questions = []
-    for qid, q in questions_raw.items():
+    for qid, q in raw.items():
         if not isinstance(q, dict):
             raise StaffError(f"[questions.{qid}] must be a table {where}")
         points = q.get("points")
@@ -175,7 +199,11 @@ def load(name_or_dir: str | Path | None = None) -> Assignment:
                 f"Received: points={points!r}"
             )
         questions.append(Question(str(qid), str(q.get("title", qid)), float(points)))
-    limits = data.get("limits", {})
+    return tuple(questions)
+
+
+def _limits(limits: object, where: str) -> dict:
+    """``[limits]``: known keys only, each a positive number."""
     if not isinstance(limits, dict):
         raise StaffError(f"[limits] must be a table {where}")
     unknown = set(limits) - LIMIT_KEYS
@@ -188,25 +216,7 @@ def load(name_or_dir: str | Path | None = None) -> Assignment:
             raise StaffError(
                 f"[limits] {key} must be a positive number {where}. Received: {value!r}"
             )
-    preload, probes = _worker(root, data.get("worker", {}), where)
-    packages = _packages(data.get("environment", {}), where)
-    public = root / "checks" / "public"
-    hidden = root / "checks" / "hidden"
-    if not public.is_dir() and not hidden.is_dir():
-        raise StaffError(f"{root} has neither checks/public nor checks/hidden.")
-    return Assignment(
-        name=root.name,
-        root=root,
-        title=str(meta.get("title", root.name)),
-        questions=tuple(questions),
-        limits=dict(limits),
-        source=root / str(meta.get("source", "source.ipynb")),
-        student=root / str(meta.get("student", "student.ipynb")),
-        preload=tuple(preload),
-        packages=packages,
-        hints=_hints(data.get("hints", []), where),
-        probes=probes,
-    )
+    return dict(limits)
 
 
 def _worker(root: Path, worker, where: str) -> tuple[list[str], Path | None]:

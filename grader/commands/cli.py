@@ -201,7 +201,12 @@ def cmd_report(args, out_stream, err_stream) -> int:
     return 0
 
 
-def _sub(sub, name: str, help: str, description: str, example: str):
+Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
+
+
+def _sub(
+    sub: Subparsers, name: str, help: str, description: str, example: str
+) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=help,
@@ -212,6 +217,7 @@ def _sub(sub, name: str, help: str, description: str, example: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``convgrade`` parser: one sub-command per job, options from :mod:`.options`."""
     parser = argparse.ArgumentParser(
         prog="convgrade",
         description="Grade Jupyter notebooks with an assignment's pytest checks. "
@@ -221,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"convgrade {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_grade(sub)
+    _add_check(sub)
+    _add_assign(sub)
+    _add_validate(sub)
+    _add_gradescope(sub)
+    _add_report(sub)
+    return parser
+
+
+def _add_grade(sub: Subparsers) -> None:
     g = sub.add_parser(
         "grade",
         help="grade notebooks, folders or zips of notebooks with the hidden checks",
@@ -253,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(handler=cmd_grade)
 
+
+def _add_check(sub: Subparsers) -> None:
     c = _sub(
         sub,
         "check",
@@ -274,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(handler=cmd_check)
 
+
+def _add_assign(sub: Subparsers) -> None:
     a = _sub(
         sub,
         "assign",
@@ -288,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add(a, "release_out")
     a.set_defaults(handler=cmd_assign)
 
+
+def _add_validate(sub: Subparsers) -> None:
     v = _sub(
         sub,
         "validate",
@@ -302,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add(v, "junit")
     v.set_defaults(handler=cmd_validate)
 
+
+def _add_gradescope(sub: Subparsers) -> None:
     s = _sub(
         sub,
         "gradescope",
@@ -315,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add(s, "autograder_out")
     s.set_defaults(handler=cmd_gradescope)
 
+
+def _add_report(sub: Subparsers) -> None:
     r = _sub(
         sub,
         "report",
@@ -326,7 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("grades_dir", metavar="GRADES_DIR")
     options.add(r, "report_out")
     r.set_defaults(handler=cmd_report)
-    return parser
 
 
 def run(argv: list[str] | None = None, out_stream=None, err_stream=None) -> int:
