@@ -1,4 +1,4 @@
-"""convgrade: grade notebooks for the "Convolutions for Images" chapter.
+"""convgrade: grade Jupyter notebooks with an assignment's pytest checks.
 
 Student code runs in sandboxed worker processes (:mod:`grader.sandbox.launcher`); the
 assignment's pytest checks run here, in the trusted process, and reach student code only
@@ -11,6 +11,6 @@ import os
 __version__ = "0.1.0"
 
 # Checks may import TensorFlow in this process (the bundled ones do not: they compare with
-# `reference.answers`, in NumPy); its start-up log lines would drown the grader's own
+# an answer key in NumPy); its start-up log lines would drown the grader's own
 # output. An explicit setting by the user wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -10,13 +10,14 @@ from grader.engine.grading import GradeOptions, GradingContext
 from grader.engine.loop import Graded, GradingLoop, RunAhead
 from grader.engine.pytest_plugin import collect_checks
 from grader.engine.submissions import Submission
+from grader.errors import StaffError
 from grader.outputs.results import SubmissionResult
 from grader.sandbox.launcher import Launcher, SandboxPolicy, launcher_for
 
 
 def grade_notebook(
     notebook_path: str | Path,
-    assignment: str | Path = "convolutions",
+    assignment: str | Path | None = None,
     *,
     include_hidden: bool = True,
     launcher: Launcher | None = None,
@@ -31,10 +32,11 @@ def grade_notebook(
 
     Args:
         notebook_path: the .ipynb file.
-        assignment: a bundled assignment's name or an assignment folder.
+        assignment: a bundled assignment's name or an assignment folder; None: the one
+            bundled assignment.
         include_hidden: False runs the public checks only (what students can run).
         launcher: reuse a started :class:`Launcher` (fast for many calls); one is made
-            and closed otherwise.
+            and closed otherwise. It must serve the assignment's probes file.
         return_executed: also return the executed notebook, as ``(result, notebook)``.
         sandbox: where no sandbox can be made, ``"require"`` refuses
             (:class:`~grader.sandbox.bubblewrap.SandboxUnavailable`), ``"prefer"`` runs the notebook
@@ -54,6 +56,7 @@ def grade_notebook(
         timeouts=limits.timeouts, include_hidden=include_hidden, packages=asg.packages
     )
     own = launcher is None
+    _check_probes(launcher, asg)
     if launcher is None:
         launcher = launcher_for(asg, limits, warm=False, sandbox=sandbox)
     path = Path(notebook_path)
@@ -69,3 +72,12 @@ def grade_notebook(
             launcher.close()
     result: SubmissionResult = graded[0].result
     return (result, graded[0].executed) if return_executed else result
+
+
+def _check_probes(launcher: Launcher | None, asg: assignment_mod.Assignment) -> None:
+    """A launcher made elsewhere must serve this assignment's probes (they load at its start)."""
+    if launcher is not None and launcher.probes != asg.probes:
+        raise StaffError(
+            f"the launcher serves the probes {launcher.probes}, but {asg.root} declares "
+            f"{asg.probes}: make it with launcher_for(assignment, limits)"
+        )

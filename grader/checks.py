@@ -73,18 +73,30 @@ def expect_close(
 
 
 def load_helpers(check_file: str, name: str = "helpers") -> ModuleType:
-    """The assignment's shared check helpers, ``checks/public/<name>.py``, for a check file.
+    """A module the assignment's checks share, ``<name>.py``, loaded for a check file.
 
-    Public and hidden checks alike call ``load_helpers(__file__)``: check files are not a
-    package, so the helpers are loaded by path, once per path (the public folder ships to
-    students, so its helpers must hold nothing hidden).
+    Looked for beside the check file first, then in ``checks/public``. So a hidden check
+    reaches both ``checks/hidden/<name>.py`` (an answer key: never released) and the public
+    helpers, while a public check reaches the public helpers only (``checks/public`` ships to
+    students, so its helpers must hold nothing hidden). Check files are not a package, so
+    helpers are loaded by path, once per path; pytest collects only ``test_*.py``, so a
+    helper is never taken for a check file.
+
+    Raises:
+        FileNotFoundError: neither folder holds ``<name>.py``.
     """
-    path = Path(check_file).resolve().parent.parent / "public" / f"{name}.py"
+    here = Path(check_file).resolve().parent
+    candidates = (here / f"{name}.py", here.parent / "public" / f"{name}.py")
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"no shared check module {name}.py at {' or '.join(map(str, candidates))}"
+        )
     key = "convgrade_check_helpers_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
     if key not in sys.modules:
         spec = importlib.util.spec_from_file_location(key, path)
-        if spec is None or spec.loader is None or not path.is_file():
-            raise FileNotFoundError(f"no shared check helpers at {path}")
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"no shared check module at {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
         try:

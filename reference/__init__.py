@@ -28,8 +28,9 @@ Exercises:
     4. derivative_kernel(d), second_derivative_kernel(), integral_kernel(n),
        min_kernel_size(d) (`reference.kernels`).
 
-NumPy alone (`reference.answers`, no TensorFlow): the answers hidden checks compare
-with: corr2d, edge_image, detect_edges, diagonal_edge_image, kernel_matrix.
+The hidden checks compare with the assignment's own answer key in NumPy alone
+(``assignments/convolutions/checks/hidden/answers.py``), which the tests hold equal to
+these functions.
 
 See ``reference/README.md`` for the answers in prose.
 """
@@ -39,8 +40,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-# Names load their module on first use (PEP 562), so `import reference.answers` stays free
-# of TensorFlow: the trusted grading processes import only that module.
+# Names load their module on first use (PEP 562), so `import reference` stays free of
+# TensorFlow until a name is used.
 _HOME = {
     "corr2d": "correlation",
     "corr2d_loop": "correlation",

@@ -1,10 +1,10 @@
 """The convolutions assignment: its files agree with each other, and its checks tell right from
 wrong.
 
-Fast tests read files only. The slow ones grade every fixture notebook of
-``tests/fixtures/mistakes`` and every example submission once, in real workers, and check
-each against the score table below: a notebook with one typical mistake loses exactly the
-points written here (and nothing else), and the feedback names the mistake.
+Fast tests read files only. The slow ones grade every example submission once (the mistake
+fixtures among them), in real workers, and check each against ``examples/expected.toml``: a
+notebook with one typical mistake loses exactly the points written there (and nothing else),
+and the feedback names the mistake.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import nbformat
 import numpy as np
 import pytest
 
+from grader.authoring import expected
 from grader.authoring.stubs import make_student_notebook
 
 if sys.version_info >= (3, 11):
@@ -28,7 +29,7 @@ else:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT = ROOT / "assignments" / "convolutions"
-MISTAKES = ROOT / "tests" / "fixtures" / "mistakes"
+EXAMPLES = ASSIGNMENT / "examples"
 QUESTIONS = {
     "corr2d": 6,
     "conv2d": 5,
@@ -41,129 +42,9 @@ QUESTIONS = {
 }
 MAX_SCORE = sum(QUESTIONS.values())
 
-# fixture stem -> ({question: points lost}, regex that a failed check's message must match)
-EXPECTED = {
-    # Policy (docs/grading-policy.md): detect_edges is judged with the student's own corr2d,
-    # so a corr2d mistake no longer costs edges points (it did before: 2 each for 01-04).
-    "mistake_01_flipped_kernel": (
-        {"corr2d": 5},
-        r"looks like true convolution: the kernel is flipped",
-    ),
-    "mistake_02_shape_off_by_one": (
-        {"corr2d": 6},
-        r"output shape is off by one",
-    ),
-    "mistake_03_height_width_swapped": (
-        {"corr2d": 5},
-        r"height and width are mixed up",
-    ),
-    "mistake_04_hard_coded_corr2d": (
-        # The layer built on it passes its output checks (errors carried forward), and its
-        # missing weight gradient is the true one (finite differences say the output does not
-        # depend on the weight), so it costs nothing more: the policy charges a mistake once.
-        {"corr2d": 5},
-        r"looks hard-coded",
-    ),
-    "mistake_05_conv2d_without_bias": (
-        {"conv2d": 3},
-        r"ignores the bias",
-    ),
-    "mistake_06_conv2d_on_loop_corr2d": (
-        {"conv2d": 2},
-        r"gradient for `weight` is None although the output depends on the weight: your corr2d "
-        r"blocks gradients",
-    ),
-    "mistake_07_learn_kernel_returns_answer": (
-        {"learn_kernel": 2},
-        r"returned \[\[1, -1\]\] for data made with a different kernel",
-    ),
-    "mistake_08_learn_kernel_ascends": (
-        {"learn_kernel": 5},
-        r"the losses increase .* the update goes uphill",
-    ),
-    "mistake_09_kernel_matrix_transposed": (
-        {"matmul": 3},
-        r"it is transposed",
-    ),
-    "mistake_09b_kernel_matrix_column_major": (
-        {"matmul": 3},
-        r"flattens column by column \(Fortran order\)",
-    ),
-    "mistake_10_derivative_kernel_sign": (
-        {"kernels": 3},
-        r"wrong sign convention",
-    ),
-    "mistake_10b_derivative_kernel_size": (
-        {"kernels": 3},
-        r"wrong size|needs a kernel of shape \(1, 2\)",
-    ),
-    "mistake_11_chapter_code_pasted": (
-        # The chapter's corr2d is right but fails on integer arrays; its Conv2D takes no
-        # kernel_size; its learning cell raises on Keras 3, so learn_kernel never exists.
-        {"corr2d": 1, "conv2d": 5, "learn_kernel": 5},
-        (
-            r"raised \w+ on integer arrays",
-            r"your Conv2D takes no kernel size, like the chapter's layer, which receives its "
-            r"kernel shape in build\(\)",
-            r"the chapter's training loop as top-level code, which raises on Keras 3",
-        ),
-    ),
-    # --- issue 16's classes under docs/grading-policy.md (scored before they were graded) --
-    # False failures: right code in an accepted form keeps every point.
-    "policy_scalar_bias": ({}, None),
-    "policy_zero_d_tensor_number": ({}, None),
-    "policy_answer_spellings": ({}, None),
-    "policy_diagonal_answers_as_list": ({}, None),
-    "policy_answer_two_letters": (
-        {"gradient": 2},
-        r"GRADIENT_ANSWER is 'B or C', which is not one of the letters A to D",
-    ),
-    # Carry-forward vouches only for what comes from corr2d: the kernel is detect_edges' own.
-    "policy_edges_reversed_kernel": ({"edges": 2}, r"has the signs reversed"),
-    # False passes: each now costs the check that tests its property.
-    "policy_corr2d_casts_to_kernel_dtype": (
-        {"corr2d": 1},
-        r"casts the image to the kernel's integer dtype",
-    ),
-    "policy_corr2d_matmul_calls_corr2d": (
-        {"matmul": 2},
-        r"corr2d_matmul computes no matrix product: it uses corr2d",
-    ),
-    "policy_bias_not_trainable": ({"conv2d": 1}, r"created with trainable=False"),
-    "policy_losses_after_update": ({"learn_kernel": 1}, r"recorded after its update"),
-    # Feedback: each names its mistake.
-    "policy_learn_kernel_mean_loss": (
-        {"learn_kernel": 5},
-        r"mean of the squared differences, not their sum",
-    ),
-    "policy_learn_kernel_ignores_lr": ({"learn_kernel": 5}, r"does not use its lr argument"),
-    "policy_learn_kernel_step_twice": (
-        {"learn_kernel": 5},
-        r"at lr=0\.03, but fall at lr=0\.0003: each step overshoots",
-    ),
-    # Wrong on rectangular kernels only: corr2d pays; the layer is judged with square ones.
-    "policy_kernel_sides_swapped": ({"corr2d": 3}, r"height and width are mixed up"),
-    "policy_conv2d_tf_error": (
-        {"conv2d": 5},
-        r"the first call of Conv2D\(\(1, 2\)\) on a 6x6 image failed: build\(\) or call\(\) "
-        r"raised an error \(",
-    ),
-    # --- issue 15: a NumPy layer (no Keras, no autodiff) earns the same with forged probes
-    "hostile_numpy_layer": (
-        {"conv2d": 2},
-        r"call\(\) does not compute the output from `weight` with TensorFlow operations",
-    ),
-    "hostile_numpy_layer_forged_probes": (
-        {"conv2d": 2},
-        r"call\(\) does not compute the output from `weight` with TensorFlow operations",
-    ),
-    "hostile_numpy_layer_forged_worker_table": (
-        {"conv2d": 2},
-        r"the gradient for `weight` does not match how layer\(X\) changes with the weight",
-    ),
-}
-# Feedback that must not appear for a fixture (a mistake named as another one).
-NOT_SAID = {"policy_kernel_sides_swapped": r"off by one"}
+# What each example and mistake fixture must lose and say is in examples/expected.toml
+# (grader/authoring/expected.py reads it, as `convgrade validate` does).
+EXPECTED = expected.load(EXAMPLES)
 PYTEST_STARTUP = 1.5  # seconds of checks_duration spent before the first check runs
 CORRECT_CORR2D = ["correct_corr2d_numpy", "correct_corr2d_tf_nn", "correct_corr2d_loops"]
 
@@ -187,20 +68,18 @@ def test_student_notebook_is_generated_from_source():
 
 def test_fixtures_are_built_from_source(tmp_path):
     """make_mistakes.py run now gives the committed fixture and example notebooks."""
-    spec = importlib.util.spec_from_file_location("make_mistakes", MISTAKES / "make_mistakes.py")
+    maker = ROOT / "tests" / "fixtures" / "make_mistakes.py"
+    spec = importlib.util.spec_from_file_location("make_mistakes", maker)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.build(tmp_path / "mistakes", tmp_path / "examples")
-    pairs = [(p, MISTAKES / p.name) for p in (tmp_path / "mistakes").glob("*.ipynb")]
-    pairs += [
-        (p, ASSIGNMENT / "examples" / p.name) for p in (tmp_path / "examples").glob("*.ipynb")
-    ]
+    module.build(tmp_path / "examples", tmp_path / "examples")
+    pairs = [(p, EXAMPLES / p.name) for p in (tmp_path / "examples").glob("*.ipynb")]
     stale = [
         str(c.relative_to(ROOT))
         for p, c in pairs
         if not c.exists() or p.read_bytes() != c.read_bytes()
     ]
-    assert not stale, f"run python tests/fixtures/mistakes/make_mistakes.py and commit: {stale}"
+    assert not stale, f"run python tests/fixtures/make_mistakes.py and commit: {stale}"
 
 
 def test_assignment_toml_lists_the_questions_and_points():
@@ -286,8 +165,14 @@ def test_expected_toml_names_every_example():
 
 
 def test_fixture_table_covers_every_mistake_notebook():
-    stems = {p.stem for p in MISTAKES.glob("*.ipynb")}
-    assert stems == set(EXPECTED) | set(CORRECT_CORR2D)
+    """Each mistake fixture has a table entry: exact points lost, and its feedback or none."""
+    stems = {p.stem for p in EXAMPLES.glob("*.ipynb")}
+    mistakes = {s for s in stems if s.startswith(("mistake_", "policy_", "hostile_"))}
+    assert len(mistakes) == 31 and set(CORRECT_CORR2D) <= stems
+    for stem in mistakes:
+        entry = EXPECTED[stem]
+        assert entry.lost is not None and entry.status == "graded", stem
+        assert bool(entry.feedback) != entry.clean, stem
 
 
 # --- the probes checks run inside the worker (called here in-process) -------------------
@@ -295,10 +180,12 @@ def test_fixture_table_covers_every_mistake_notebook():
 
 @pytest.fixture(scope="module")
 def probes():
+    """The assignment's probes file, loaded as the zygote loads it."""
     pytest.importorskip("tensorflow")
+    from grader.authoring.assignment import load
     from grader.worker import probes
 
-    return probes
+    return probes.load(str(load(ASSIGNMENT).probes))
 
 
 def _layers():
@@ -363,15 +250,17 @@ def test_probe_layer_gradients_reports_what_raised(probes):
 
 
 def test_worker_keeps_its_own_probe_references(probes):
-    """Reassigning cgworker.probes.NAME from a notebook does not change what a check runs."""
+    """Reassigning cgprobes.NAME from a notebook does not change what a check runs."""
     from grader.worker import serve
 
     original = probes.layer_gradients
+    serve.install_probes(probes)
     try:
         probes.layer_gradients = lambda *a, **k: {"weight": "forged"}
         assert serve._PROBES["layer_gradients"] is original
     finally:
         probes.layer_gradients = original
+        serve.install_probes(None)
 
 
 def test_probe_corr_gradient(probes):
@@ -399,16 +288,13 @@ def graded():
     from grader.sandbox.launcher import Launcher
 
     paths = [ASSIGNMENT / "source.ipynb", ASSIGNMENT / "student.ipynb"]
-    paths += sorted(MISTAKES.glob("*.ipynb")) + sorted((ASSIGNMENT / "examples").glob("*.ipynb"))
-    launcher = Launcher(hidden=(load(ASSIGNMENT).root,))
+    paths += sorted(EXAMPLES.glob("*.ipynb"))
+    asg = load(ASSIGNMENT)
+    launcher = Launcher(hidden=(asg.root,), probes=asg.probes)
     try:
         return {p.stem: grade_notebook(p, ASSIGNMENT, launcher=launcher) for p in paths}
     finally:
         launcher.close()
-
-
-def lost_points(result) -> dict[str, float]:
-    return {q: m - s for q, (s, m) in result.question_scores.items() if s != m}
 
 
 def failure_messages(result) -> str:
@@ -449,19 +335,10 @@ def test_untouched_template_scores_zero_without_engine_error(graded):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stem", sorted(EXPECTED))
+@pytest.mark.parametrize("stem", sorted(s for s in EXPECTED if EXPECTED[s].lost is not None))
 def test_mistake_loses_exactly_its_points_and_is_named(graded, stem):
-    lost, patterns = EXPECTED[stem]
-    result = graded[stem]
-    messages = failure_messages(result)
-    assert result.status == "graded"
-    assert lost_points(result) == lost, messages
-    if patterns is None:  # right in an accepted form: not even a 0-point check fails
-        assert messages == "", messages
-    for pattern in [patterns] if isinstance(patterns, str) else patterns or ():
-        assert re.search(pattern, messages), messages
-    if stem in NOT_SAID:
-        assert not re.search(NOT_SAID[stem], messages), messages
+    problems = EXPECTED[stem].problems(graded[stem])
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.slow
@@ -481,9 +358,10 @@ def test_correct_corr2d_variants_earn_full_corr2d_points(graded, stem):
 
 @pytest.mark.slow
 def test_examples_score_as_expected(graded):
-    expected = tomllib.loads((ASSIGNMENT / "examples" / "expected.toml").read_text())
-    got = {stem: graded[stem].score for stem in expected}
-    assert got == expected
+    short = {stem: e.score for stem, e in EXPECTED.items() if e.lost is None}
+    assert len(short) == 5
+    got = {stem: graded[stem].score for stem in short}
+    assert got == short
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_help_shows_the_grade_command_with_an_example(cli):
     assert result.code == 0
     assert "usage: convgrade" in result.output
     assert "grade notebooks, folders or zips of notebooks" in result.output
-    assert "  convgrade grade assignments/convolutions/examples --out /tmp/g" in result.output
+    assert "  convgrade grade submissions/ --out /tmp/g" in result.output
     assert "exit codes: 0 all graded, 1 some submissions could not be graded" in result.output
 
 
@@ -140,7 +140,7 @@ def test_grade_help_lists_paths_options_defaults_and_an_example(cli):
         "assignment's [limits])" in result.text
     )
     assert "(default: 2048, or the assignment's [limits])" in result.text
-    assert "(default: convolutions)" in result.text
+    assert "(default: the bundled assignment, when exactly one is bundled)" in result.text
     assert "example:\n  convgrade grade " in result.output
 
 

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assignments" / "convolutions" / "examples"
-MISTAKES = ROOT / "tests" / "fixtures" / "mistakes"
 SECRET = "HIDDEN-CHECK-SOURCE-7f3a"
 
 
@@ -79,9 +78,18 @@ def _outputs(path: Path) -> str:
 def test_the_same_grades_as_local_grading_and_a_rerun_reuses(cluster, tmp_path):
     lc, _ = cluster
     subs = tmp_path / "subs"
-    shutil.copytree(EXAMPLES, subs, ignore=shutil.ignore_patterns("*.toml"))
-    for name in ("mistake_01_flipped_kernel", "mistake_05_conv2d_without_bias"):
-        shutil.copy(MISTAKES / f"{name}.ipynb", subs / f"{name}.ipynb")
+    subs.mkdir()
+    # The five realistic examples and two mistake fixtures (all in the assignment's examples).
+    for name in (
+        "full_marks",
+        "flipped_kernel",
+        "no_bias_and_uphill",
+        "errors_halfway",
+        "untouched_template",
+        "mistake_01_flipped_kernel",
+        "mistake_05_conv2d_without_bias",
+    ):
+        shutil.copy(EXAMPLES / f"{name}.ipynb", subs / f"{name}.ipynb")
     (subs / "not_json.ipynb").write_text("this is not json {")
 
     # As a user runs them: in this (pytest) process, pytest's assertion rewriting would

@@ -59,6 +59,8 @@ class Assignment:
     packages: tuple[str, ...] | None = None
     # [[hints]]: a plain sentence for a cell error staff know well (see :class:`Hint`).
     hints: tuple[Hint, ...] = ()
+    # [worker] probes: the file of worker-side helpers checks call as student.probe.NAME.
+    probes: Path | None = None
 
     @property
     def public_dir(self) -> Path:
@@ -105,8 +107,27 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in folder.iterdir() if (p / "assignment.toml").is_file())
 
 
-def resolve(name_or_dir: str | Path) -> Path:
-    """Find an assignment folder: a path, or the name of a bundled assignment."""
+def default_name() -> str:
+    """The bundled assignment used when none is named: there must be exactly one.
+
+    Raises:
+        StaffError: none or several are bundled, listing them.
+    """
+    names = bundled_names()
+    if len(names) == 1:
+        return names[0]
+    listed = ", ".join(names) if names else "none"
+    raise StaffError(
+        f"no assignment given and no single bundled one to default to (bundled: {listed}). "
+        "Pass --assignment with a bundled name or a folder that holds assignment.toml."
+    )
+
+
+def resolve(name_or_dir: str | Path | None) -> Path:
+    """Find an assignment folder: a path, the name of a bundled assignment, or (None) the one
+    bundled assignment."""
+    if name_or_dir is None:
+        name_or_dir = default_name()
     path = Path(name_or_dir)
     if path.is_dir():
         return path.resolve()
@@ -122,7 +143,7 @@ def resolve(name_or_dir: str | Path) -> Path:
     )
 
 
-def load(name_or_dir: str | Path = "convolutions") -> Assignment:
+def load(name_or_dir: str | Path | None = None) -> Assignment:
     """Read and validate an assignment.
 
     Raises:
@@ -140,11 +161,35 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
     meta = data.get("assignment", {})
     if not isinstance(meta, dict):
         raise StaffError(f"[assignment] must be a table {where}")
-    questions_raw = data.get("questions")
-    if not isinstance(questions_raw, dict) or not questions_raw:
+    questions = _questions(data.get("questions"), where)
+    limits = _limits(data.get("limits", {}), where)
+    preload, probes = _worker(root, data.get("worker", {}), where)
+    packages = _packages(data.get("environment", {}), where)
+    public = root / "checks" / "public"
+    hidden = root / "checks" / "hidden"
+    if not public.is_dir() and not hidden.is_dir():
+        raise StaffError(f"{root} has neither checks/public nor checks/hidden.")
+    return Assignment(
+        name=root.name,
+        root=root,
+        title=str(meta.get("title", root.name)),
+        questions=questions,
+        limits=limits,
+        source=root / str(meta.get("source", "source.ipynb")),
+        student=root / str(meta.get("student", "student.ipynb")),
+        preload=tuple(preload),
+        packages=packages,
+        hints=_hints(data.get("hints", []), where),
+        probes=probes,
+    )
+
+
+def _questions(raw: object, where: str) -> tuple[Question, ...]:
+    """``[questions.<id>]``: each with a positive number of points."""
+    if not isinstance(raw, dict) or not raw:
         raise StaffError(f"no [questions.<id>] tables {where}; each question needs points.")
     questions = []
-    for qid, q in questions_raw.items():
+    for qid, q in raw.items():
         if not isinstance(q, dict):
             raise StaffError(f"[questions.{qid}] must be a table {where}")
         points = q.get("points")
@@ -154,7 +199,11 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
                 f"Received: points={points!r}"
             )
         questions.append(Question(str(qid), str(q.get("title", qid)), float(points)))
-    limits = data.get("limits", {})
+    return tuple(questions)
+
+
+def _limits(limits: object, where: str) -> dict:
+    """``[limits]``: known keys only, each a positive number."""
     if not isinstance(limits, dict):
         raise StaffError(f"[limits] must be a table {where}")
     unknown = set(limits) - LIMIT_KEYS
@@ -167,29 +216,40 @@ def load(name_or_dir: str | Path = "convolutions") -> Assignment:
             raise StaffError(
                 f"[limits] {key} must be a positive number {where}. Received: {value!r}"
             )
-    worker = data.get("worker", {})
+    return dict(limits)
+
+
+def _worker(root: Path, worker, where: str) -> tuple[list[str], Path | None]:
+    """``[worker]``: the modules the zygote preloads, and the probes file."""
     preload = worker.get("preload", list(DEFAULT_PRELOAD)) if isinstance(worker, dict) else None
     if not isinstance(preload, list) or not all(isinstance(m, str) for m in preload):
         raise StaffError(
             f"[worker] preload must be a list of module names {where}. Received: {preload!r}"
         )
-    packages = _packages(data.get("environment", {}), where)
-    public = root / "checks" / "public"
-    hidden = root / "checks" / "hidden"
-    if not public.is_dir() and not hidden.is_dir():
-        raise StaffError(f"{root} has neither checks/public nor checks/hidden.")
-    return Assignment(
-        name=root.name,
-        root=root,
-        title=str(meta.get("title", root.name)),
-        questions=tuple(questions),
-        limits=dict(limits),
-        source=root / str(meta.get("source", "source.ipynb")),
-        student=root / str(meta.get("student", "student.ipynb")),
-        preload=tuple(preload),
-        packages=packages,
-        hints=_hints(data.get("hints", []), where),
-    )
+    return preload, _probes(root, worker.get("probes"), where)
+
+
+def _probes(root: Path, raw, where: str) -> Path | None:
+    """``[worker] probes``: a Python file of the assignment, outside its hidden checks (the
+    sandbox shows it to student code)."""
+    if raw is None:
+        return None
+    path = (root / str(raw)).resolve() if isinstance(raw, str) else None
+    if path is None or path.suffix != ".py" or not path.is_file() or root not in path.parents:
+        raise StaffError(
+            f"[worker] probes must name a .py file inside the assignment folder {where}. "
+            f"Received: {raw!r}"
+        )
+    if (root / "checks" / "hidden") in path.parents:
+        raise StaffError(
+            f"[worker] probes {where} lies in checks/hidden, but student code can read the "
+            "probes file: keep it outside checks/hidden (e.g. probes.py beside assignment.toml)"
+        )
+    try:  # the zygote imports it; a syntax error is the staff's, and found here before grading
+        compile(path.read_bytes(), str(path), "exec")
+    except SyntaxError as exc:
+        raise StaffError(f"[worker] probes {where}: {path} is not valid Python ({exc})") from None
+    return path
 
 
 def _hints(raw, where: str) -> tuple[Hint, ...]:

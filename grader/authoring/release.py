@@ -86,6 +86,8 @@ def release_members(asg: Assignment, student_nb: nbformat.NotebookNode) -> dict[
                 continue
             rel = path.relative_to(asg.root).as_posix()
             members[f"{prefix}/{rel}"] = path.read_bytes()
+    if asg.probes is not None:  # public checks may call probes; student code sees them anyway
+        members[f"{prefix}/{asg.probes.relative_to(asg.root).as_posix()}"] = asg.probes.read_bytes()
     return members
 
 

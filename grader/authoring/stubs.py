@@ -2,8 +2,8 @@
 
 A solution is marked inside a code cell by two comment lines::
 
-    def corr2d(X, K):
-        \"\"\"Cross-correlate X with K.\"\"\"
+    def moving_average(x, n):
+        \"\"\"The mean of each window of n values of x.\"\"\"
         # BEGIN SOLUTION
         ...
         # END SOLUTION

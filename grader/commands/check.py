@@ -22,13 +22,13 @@ from grader.outputs.results import SubmissionResult
 
 def find_assignment(notebook: Path, given: str | None) -> Path:
     """``given``, else the folder holding assignment.toml next to (or above) the notebook,
-    else the bundled default."""
+    else the one bundled assignment."""
     if given:
         return assignment_mod.resolve(given)
     for folder in [notebook.resolve().parent, *notebook.resolve().parents][:3]:
         if (folder / "assignment.toml").is_file():
             return folder
-    return assignment_mod.resolve("convolutions")
+    return assignment_mod.resolve(None)
 
 
 def table(result: SubmissionResult) -> str:

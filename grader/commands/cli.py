@@ -23,11 +23,11 @@ from grader.errors import ConvgradeError, StaffError
 
 EPILOG = """\
 examples:
-  convgrade grade assignments/convolutions/examples --out /tmp/g   # grade a class
+  convgrade grade submissions/ --out /tmp/g          # grade a class
   convgrade check my_notebook.ipynb                  # students: public checks only
-  convgrade assign assignments/convolutions          # build the student release
-  convgrade validate assignments/convolutions --junit v.xml   # CI on a solution repo
-  convgrade gradescope assignments/convolutions --out autograder.zip
+  convgrade assign assignments/week1                 # build the student release
+  convgrade validate assignments/week1 --junit v.xml # CI on a solution repo
+  convgrade gradescope assignments/week1 --out autograder.zip
   convgrade report /tmp/g                            # report.html for a graded class
 
 exit codes: 0 all graded, 1 some submissions could not be graded,
@@ -200,7 +200,12 @@ def cmd_report(args, out_stream, err_stream) -> int:
     return 0
 
 
-def _sub(sub, name: str, help: str, description: str, example: str):
+Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
+
+
+def _sub(
+    sub: Subparsers, name: str, help: str, description: str, example: str
+) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=help,
@@ -211,22 +216,33 @@ def _sub(sub, name: str, help: str, description: str, example: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``convgrade`` parser: one sub-command per job, options from :mod:`.options`."""
     parser = argparse.ArgumentParser(
         prog="convgrade",
-        description="Grade Jupyter notebooks for the 'Convolutions for Images' chapter. "
+        description="Grade Jupyter notebooks with an assignment's pytest checks. "
         "Student code runs in a sandboxed process; hidden pytest checks run outside it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"convgrade {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_grade(sub)
+    _add_check(sub)
+    _add_assign(sub)
+    _add_validate(sub)
+    _add_gradescope(sub)
+    _add_report(sub)
+    return parser
+
+
+def _add_grade(sub: Subparsers) -> None:
     g = sub.add_parser(
         "grade",
         help="grade notebooks, folders or zips of notebooks with the hidden checks",
         description="Run each notebook in its own sandboxed worker, score it with the "
         "assignment's public and hidden checks, and write grades.csv plus one folder per "
         "submission (result.json, feedback.md, results.json for Gradescope, executed.ipynb).",
-        epilog="example:\n  convgrade grade assignments/convolutions/examples --out /tmp/g",
+        epilog="example:\n  convgrade grade submissions/ --out /tmp/g",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument(
@@ -252,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(handler=cmd_grade)
 
+
+def _add_check(sub: Subparsers) -> None:
     c = _sub(
         sub,
         "check",
@@ -261,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Hidden checks are not needed and never shown. The assignment is the folder with "
         "assignment.toml next to the notebook (the unpacked student zip), unless "
         "--assignment says otherwise.",
-        "convgrade check convolutions/student.ipynb",
+        "convgrade check week1/student.ipynb",
     )
     c.add_argument("notebook", metavar="NOTEBOOK", help="your .ipynb file (save it first)")
     c.add_argument(
@@ -273,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(handler=cmd_check)
 
+
+def _add_assign(sub: Subparsers) -> None:
     a = _sub(
         sub,
         "assign",
@@ -281,12 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         "it, assignment.toml and the public checks. Refuses (exit 2) when the solution "
         "does not score the maximum, the student notebook scores above 0, or hidden "
         "material would be released.",
-        "convgrade assign assignments/convolutions --out release/",
+        "convgrade assign assignments/week1 --out release/",
     )
     a.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
     options.add(a, "release_out")
     a.set_defaults(handler=cmd_assign)
 
+
+def _add_validate(sub: Subparsers) -> None:
     v = _sub(
         sub,
         "validate",
@@ -295,14 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
         "student.ipynb is what `assign` generates; the release holds no hidden checks or "
         "solution text; the solution scores the maximum; the student notebook scores 0 "
         "without engine errors; every example scores what examples/expected.toml says.",
-        "convgrade validate assignments/convolutions --junit validate.xml",
+        "convgrade validate assignments/week1 --junit validate.xml",
     )
-    v.add_argument(
-        "assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?", default="assignments/convolutions"
-    )
+    v.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR", nargs="?")
     options.add(v, "junit")
     v.set_defaults(handler=cmd_validate)
 
+
+def _add_gradescope(sub: Subparsers) -> None:
     s = _sub(
         sub,
         "gradescope",
@@ -310,12 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Write a zip with setup.sh, run_autograder, convgrade's source and the assignment "
         "(hidden checks included; the solution notebook left out) to upload as a "
         "Gradescope programming assignment's autograder.",
-        "convgrade gradescope assignments/convolutions --out autograder.zip",
+        "convgrade gradescope assignments/week1 --out autograder.zip",
     )
     s.add_argument("assignment_dir", metavar="ASSIGNMENT_DIR")
     options.add(s, "autograder_out")
     s.set_defaults(handler=cmd_gradescope)
 
+
+def _add_report(sub: Subparsers) -> None:
     r = _sub(
         sub,
         "report",
@@ -327,7 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("grades_dir", metavar="GRADES_DIR")
     options.add(r, "report_out")
     r.set_defaults(handler=cmd_report)
-    return parser
 
 
 def run(argv: list[str] | None = None, out_stream=None, err_stream=None) -> int:

@@ -16,9 +16,10 @@ At grading time, with ``ROOT`` = ``/autograder`` (or ``$CONVGRADE_AUTOGRADER_ROO
 
 Left out of the zip: the solution notebook (``source.ipynb``), the student notebook, the
 bundled examples, the project's tests, caches and VCS data. Grading needs only
-assignment.toml and the checks, and anything else in the image is readable by whoever can
-read the image. ``run_autograder`` puts the bundled ``convgrade/`` first on ``PYTHONPATH``, so
-the grader that runs is the one in the zip even if another convgrade is installed;
+assignment.toml, the checks and the probes file, and anything else in the image is readable
+by whoever can read the image. ``run_autograder`` puts the bundled ``convgrade/`` first on
+``PYTHONPATH``, so the grader that runs is the one in the zip even if another convgrade is
+installed;
 ``setup.sh``'s pip install provides the dependencies.
 
 Student code runs in the bubblewrap sandbox (as root, or through user namespaces). Where
@@ -134,6 +135,9 @@ def build_autograder(assignment_dir: Path | str, out_zip: Path) -> Path:
         members.append((f"{PROJECT_SUBDIR}/README.md", b"# convgrade\n", False))
     members += _tree(asg.root / "assignment.toml", f"{ASSIGNMENT_SUBDIR}/assignment.toml")
     members += _tree(asg.root / "checks", f"{ASSIGNMENT_SUBDIR}/checks")
+    if asg.probes is not None:  # the worker-side helpers its checks call
+        rel = asg.probes.relative_to(asg.root).as_posix()
+        members += _tree(asg.probes, f"{ASSIGNMENT_SUBDIR}/{rel}")
     # The hidden checks' key (grader/engine/seeding.py): without it each container would make its
     # own, and a re-run on Gradescope would draw other hidden inputs.
     secret = seeding.assignment_secret(asg.root).decode() + "\n"

@@ -53,8 +53,9 @@ OPTIONS: dict[str, Option] = {
         Option(
             ("--assignment", "-a"),
             "assignment",
-            "assignment folder (with assignment.toml) or the name of a bundled one",
-            default="convolutions",
+            "assignment folder (with assignment.toml) or the name of a bundled one "
+            "(default: the bundled assignment, when exactly one is bundled)",
+            default=None,
             metavar="NAME_OR_DIR",
         ),
         Option(

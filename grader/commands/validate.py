@@ -6,13 +6,13 @@ Each item is a named pass/fail with a message; the list renders as a table and a
 
 from __future__ import annotations
 
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
+from grader.authoring import expected as expected_mod
 from grader.authoring.assignment import Assignment
 from grader.authoring.release import (
     grade_reference_notebooks,
@@ -22,15 +22,10 @@ from grader.authoring.release import (
     release_members,
     student_notebook,
 )
-from grader.engine.pytest_plugin import collect_checks
+from grader.engine.pytest_plugin import CheckInfo, collect_checks
 from grader.engine.submissions import Submission
 from grader.errors import StaffError
 from grader.outputs.writers import atomic_write
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -40,40 +35,27 @@ class Item:
     message: str = ""
 
 
-def expected_scores(asg: Assignment) -> dict[str, float]:
-    """``examples/expected.toml``: example stem -> score (top level or under [scores])."""
-    path = asg.examples_dir / "expected.toml"
-    if not path.is_file():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise StaffError(f"{path} is not valid TOML: {exc}") from None
-    table = data.get("scores", data)
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            value = value.get("score")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StaffError(f"{path}: the expected score of {key!r} must be a number")
-        out[str(key)] = float(value)
-    return out
-
-
 def validate(asg: Assignment) -> list[Item]:
-    items: list[Item] = []
+    """Every promise of ``asg``, as one item each; stops at the first item others rest on."""
+    collected = "checks collect, have points and questions, and add up"
     try:
         checks = collect_checks(asg)
     except StaffError as exc:
-        return [Item("checks collect, have points and questions, and add up", False, str(exc))]
-    items.append(
-        Item("checks collect, have points and questions, and add up", True, f"{len(checks)} checks")
-    )
+        return [Item(collected, False, str(exc))]
+    items = [Item(collected, True, f"{len(checks)} checks")]
     try:
         generated = student_notebook(asg)
     except StaffError as exc:
         return items + [Item("student notebook can be generated", False, str(exc))]
+    items.append(_committed_student(asg, generated))
+    found = leaks(asg, release_members(asg, generated))
+    items.append(
+        Item("student release holds no hidden checks or solution text", not found, "\n".join(found))
+    )
+    return items + _graded_items(asg, checks, generated)
 
+
+def _committed_student(asg: Assignment, generated: nbformat.NotebookNode) -> Item:
     committed_ok, message = False, f"{asg.student} is missing"
     if asg.student.is_file():
         committed = nbformat.read(asg.student, as_version=4)
@@ -87,14 +69,14 @@ def validate(asg: Assignment) -> list[Item]:
                 f"{asg.source} {asg.student}`"
             )
         )
-    items.append(Item("committed student.ipynb matches the source", committed_ok, message))
+    return Item("committed student.ipynb matches the source", committed_ok, message)
 
-    found = leaks(asg, release_members(asg, generated))
-    items.append(
-        Item("student release holds no hidden checks or solution text", not found, "\n".join(found))
-    )
 
-    expected = expected_scores(asg)
+def _graded_items(
+    asg: Assignment, checks: list[CheckInfo], generated: nbformat.NotebookNode
+) -> list[Item]:
+    """Grade the solution, the student notebook and every example; one item per promise."""
+    expected = expected_mod.load(asg.examples_dir)
     notebooks = sorted(asg.examples_dir.glob("*.ipynb")) if asg.examples_dir.is_dir() else []
     examples = tuple(
         Submission(f"example:{nb.stem}", str(nb), nb) for nb in notebooks if nb.stem in expected
@@ -102,41 +84,34 @@ def validate(asg: Assignment) -> list[Item]:
     scores, example_results = grade_reference_notebooks(asg, checks, generated, extra=examples)
     problems = reference_problems(asg, scores)
     sol_problem = [p for p in problems if p.startswith("the solution")]
-    items.append(
+    tpl_problem = [p for p in problems if not p.startswith("the solution")]
+    items = [
         Item(
             "solution scores the maximum",
             not sol_problem,
             "\n".join(sol_problem) or f"{scores.solution.score:g}/{asg.max_score:g}",
-        )
-    )
-    tpl_problem = [p for p in problems if not p.startswith("the solution")]
-    items.append(
+        ),
         Item(
             "student notebook scores 0 without engine errors",
             not tpl_problem,
             "\n".join(tpl_problem) or f"{scores.template.score:g} ({scores.template.status})",
-        )
-    )
+        ),
+    ]
     missing = [nb.stem for nb in notebooks if nb.stem not in expected]
     if missing:
+        where = asg.examples_dir / "expected.toml"
         items.append(
             Item(
                 "every example has an expected score",
                 False,
-                f"no entry in {asg.examples_dir / 'expected.toml'} for: " + ", ".join(missing),
+                f"no entry in {where} for: " + ", ".join(missing),
             )
         )
     for res in example_results:
         stem = res.submission.removeprefix("example:")
         want = expected[stem]
-        ok = abs(res.score - want) < 1e-9
-        items.append(
-            Item(
-                f"example {stem} scores {want:g}",
-                ok,
-                "" if ok else f"it scores {res.score:g} (status {res.status})",
-            )
-        )
+        problems = want.problems(res)
+        items.append(Item(f"example {stem} {want.describe()}", not problems, "\n".join(problems)))
     return items
 
 

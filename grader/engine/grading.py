@@ -60,8 +60,8 @@ def fingerprint(path: Path | None, assignment: Assignment) -> str:
     h = hashlib.sha256()
     if path is not None and path.is_file():
         h.update(path.read_bytes())
-    for d in (assignment.root / "checks", assignment.root / "assignment.toml"):
-        files = sorted(d.rglob("*.py")) if d.is_dir() else [d]
+    for d in (assignment.root / "checks", assignment.root / "assignment.toml", assignment.probes):
+        files = [] if d is None else sorted(d.rglob("*.py")) if d.is_dir() else [d]
         for f in files:
             h.update(str(f.relative_to(assignment.root)).encode())
             h.update(f.read_bytes())

@@ -223,7 +223,7 @@ class Student:
 def _request_key(message: dict, generation: int) -> tuple:
     """What a request asks for, as the key of the session's timed-out memo.
 
-    A notebook-level name (``("call", "corr2d")``) keeps its key across restarts; an object
+    A notebook-level name (``("call", "smooth")``) keeps its key across restarts; an object
     that lives in the worker is named by its handle, which only its worker generation knows.
     """
     op = message.get("op")

@@ -38,7 +38,7 @@ class ImportUse:
     module: str
     cell: int  # 1-based position among all cells, as Jupyter numbers them for the student
     line: int
-    where: str  # "top level" or "in corr2d"
+    where: str  # "top level" or "in smooth"
 
     @property
     def root(self) -> str:
@@ -116,7 +116,7 @@ def _helper_aliases(tree: ast.AST) -> dict[str, str]:
 
 
 def helper_uses(cells: Iterable[tuple[int, str]]) -> dict[str, list[str]]:
-    """``{"d2l.corr2d": ["cell 3"], ...}``: attributes used on a name bound to d2l/dl.
+    """``{"d2l.plot": ["cell 3"], ...}``: attributes used on a name bound to d2l/dl.
 
     A name bound in one cell is used in later ones, so the bindings are notebook-wide.
     """

@@ -32,6 +32,8 @@ from grader.errors import StaffError
 
 Mode = Literal["root", "userns"]
 MOUNT_ROOT = "/opt/convgrade"
+# Where an assignment's probes file appears inside the sandbox, beside the worker package.
+PROBES_MOUNT = f"{MOUNT_ROOT}/cgprobes.py"
 WORKER_PKG = Path(__file__).resolve().parents[1] / "worker"
 SYSTEM_DIRS = ("/usr", "/etc")
 # Top-level names the convgrade distribution installs (grader, answer key, bundled
@@ -289,8 +291,11 @@ def zygote_env() -> dict[str, str]:
     }
 
 
-def bwrap_command(mode: Mode, hidden: tuple[Path, ...] = ()) -> list[str]:
-    """The bubblewrap command line that starts a zygote (without the Python part)."""
+def bwrap_command(
+    mode: Mode, hidden: tuple[Path, ...] = (), probes: Path | None = None
+) -> list[str]:
+    """The bubblewrap command line that starts a zygote (without the Python part); the
+    assignment's ``probes`` file is the one file of it shown, at :data:`PROBES_MOUNT`."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise FileNotFoundError("bwrap")
@@ -338,6 +343,8 @@ def bwrap_command(mode: Mode, hidden: tuple[Path, ...] = ()) -> list[str]:
                 cmd += ["--ro-bind", "/dev/null", str(h)]
     cmd += ["--perms", "0755", "--dir", MOUNT_ROOT]
     cmd += ["--ro-bind", str(WORKER_PKG), f"{MOUNT_ROOT}/cgworker"]
+    if probes is not None:
+        cmd += ["--ro-bind", str(Path(probes).resolve()), PROBES_MOUNT]
     cmd += ["--chdir", "/work", "--clearenv"]
     for key, value in zygote_env().items():
         cmd += ["--setenv", key, value]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from grader.authoring.assignment import DEFAULT_PRELOAD, Assignment
 from grader.errors import GraderBug
 from grader.sandbox import bubblewrap as sandboxing
-from grader.sandbox.bubblewrap import MOUNT_ROOT, NO_SANDBOX_FLAG, WORKER_PKG
+from grader.sandbox.bubblewrap import MOUNT_ROOT, NO_SANDBOX_FLAG, PROBES_MOUNT, WORKER_PKG
 from grader.sandbox.limits import Limits, WorkerLimits
 from grader.sandbox.memlimit import MemoryGuard
 
@@ -76,6 +76,7 @@ class Zygote:
         hidden: tuple[Path, ...],
         channels: int = 1,
         warm_tensorflow: bool = False,
+        probes: Path | None = None,
     ):
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(channels)]
         boot = (
@@ -91,11 +92,13 @@ class Zygote:
                 "warm_tensorflow": warm_tensorflow,
                 # `python -I` skips the user's site-packages; a `pip install --user` needs it.
                 "site_dirs": sandboxing.user_site_dirs(),
+                # The assignment's probes file, as the zygote sees it (bound in the sandbox).
+                "probes": None if probes is None else PROBES_MOUNT if mode else str(probes),
             }
         )
         python = [sys.executable, "-I", "-c", boot, cfg]
         if mode is not None:
-            cmd = sandboxing.bwrap_command(mode, hidden) + python
+            cmd = sandboxing.bwrap_command(mode, hidden, probes) + python
             env = None
         else:
             boot_local = boot.replace(repr(MOUNT_ROOT), repr(str(_local_worker_root())))
@@ -196,6 +199,7 @@ class Launcher:
     sandbox: SandboxPolicy = "require"
 
     channels: int = 1  # trusted grading processes that will share the warm zygote
+    probes: Path | None = None  # the assignment's probes file (Assignment.probes)
 
     def __post_init__(self) -> None:
         self.mode: sandboxing.Mode | None = None
@@ -240,7 +244,12 @@ class Launcher:
             try:
                 reply.put(
                     Zygote(
-                        self.preload, self.mode, self.hidden, channels, warm_tensorflow=self.warm
+                        self.preload,
+                        self.mode,
+                        self.hidden,
+                        channels,
+                        warm_tensorflow=self.warm,
+                        probes=self.probes,
                     )
                 )
             except BaseException as exc:
@@ -351,6 +360,7 @@ def launcher_for(
         preload=assignment.preload,
         limits=limits.worker,
         hidden=hidden if inside else (root, *hidden),
+        probes=assignment.probes,
         sandbox=sandbox,
         channels=channels,
     )

@@ -26,6 +26,7 @@ from builtins import (  # noqa: E402, UP029
     tuple,
     type,
 )
+from types import ModuleType
 
 import numpy as np
 
@@ -33,11 +34,19 @@ from . import probes as _probes_module
 from . import protocol
 from .executor import CellRunner, restore_builtins, strip_ansi
 
-# The probes as shipped, taken when the worker starts, before any cell runs: a notebook that
-# reassigns ``cgworker.probes.layer_gradients`` does not change what a check's probe runs.
-# This is not what makes probes safe (the student's process can reach anything in it); the
-# checks accept a probe's answer only where they can verify it (docs/checks-api.md).
-_PROBES = {name: getattr(_probes_module, name) for name in _probes_module.__all__}
+# The assignment's probes as loaded, taken before any cell runs (:func:`install_probes`): a
+# notebook that reassigns a function of the probes module does not change what a check's
+# probe runs. This is not what makes probes safe (the student's process can reach anything
+# in it); the checks accept a probe's answer only where they can verify it
+# (docs/checks-api.md).
+_PROBES: dict = {}
+
+
+def install_probes(module: ModuleType | None) -> None:
+    """Serve the probes of ``module`` (see :mod:`.probes`); None serves none."""
+    _PROBES.clear()
+    _PROBES.update(_probes_module.table(module))
+
 
 MAX_HANDLES = 10_000
 MAX_STR = 1_000_000

@@ -1,17 +1,20 @@
 """Warm TensorFlow's first-use paths in the zygote, then give every worker a fresh context.
 
 A notebook's first TensorFlow and Keras calls are slow: eager context set-up, op and kernel
-look-ups, Keras's first layer build and call. Measured on the convolutions notebook, its
-cells took about 165 ms of CPU in a worker forked from a zygote that had only imported
-TensorFlow, and about 110 ms after this warm-up.
+look-ups, Keras's first layer build and call. Measured on the bundled assignment's notebook,
+its cells took about 165 ms of CPU in a worker forked from a zygote that had only imported
+TensorFlow, and about 110 ms after this warm-up. The ops an assignment's notebooks use most
+are its own business: its probes file may define ``warm_up()``, a fixed workload on constant
+inputs that runs here after the generic one (docs/assignment-format.md).
 
 Running ops in the zygote starts TensorFlow's thread pools, and threads do not survive a
 fork: a worker that used the zygote's context would hang in its first ``tf.function``. So
 the warm-up ends by replacing the zygote's eager context with a new, uninitialised one
 (each worker initialises its own, with its own pools) and by keeping the old one alive, so
 that its destructor never runs. What stays warm is process-wide: Python's imports and
-caches, TensorFlow's op registry and Keras's classes. The warm-up runs fixed code of ours on
-constant inputs: no student code, no checks, no reference solutions; Keras's global state
+caches, TensorFlow's op registry and Keras's classes. The warm-up runs fixed code of ours and
+of the assignment's probes file on constant inputs: no student code, no checks, no answer
+key; Keras's global state
 and the random generators of ``random`` and NumPy are put back as they were.
 
 ``_reset_context`` is TensorFlow-internal: if it is missing, the warm-up is skipped before
@@ -23,6 +26,9 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
+
+ASSIGNMENT_WARM_UP = "warm_up"  # the optional function of an assignment's probes file
 
 _kept: list[object] = []  # the zygote's used contexts: never destroyed (their threads are gone)
 
@@ -42,8 +48,11 @@ def available() -> bool:
     return callable(getattr(context, "_reset_context", None)) and hasattr(context, "_context")
 
 
-def warm_tensorflow() -> None:
+def warm_tensorflow(extra: Callable[[], object] | None = None) -> None:
     """Run a small, fixed TensorFlow and Keras workload, then reset the eager context.
+
+    ``extra`` is the assignment's own warm-up workload (``warm_up()`` of its probes file),
+    run after the generic one; what it raises is ignored, as for the generic one.
 
     Raises:
         WarmupFailed: the context could not be replaced by an uninitialised one; workers
@@ -53,9 +62,13 @@ def warm_tensorflow() -> None:
 
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
-        _workload()
-    except Exception:  # a failed warm-up only costs speed, the reset below still matters
-        pass
+        for workload in (_workload, extra):
+            try:
+                if workload is not None:
+                    workload()
+            except Exception:  # a failed warm-up only costs speed; the resets still matter
+                pass
+        _clear_keras_session()
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -85,25 +98,30 @@ def _workload() -> None:
         def call(self, inputs):
             return inputs[:, 0:1] * self.w[0, 0] + self.b
 
-    _Scale()(x)
-    conv = keras.layers.Conv2D(1, (1, 2), use_bias=False)
-    images = tf.ones((1, 4, 4, 1))
-    conv.build(images.shape)
+    scale = _Scale()
+    scale(x)
     for _ in range(2):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum((conv(images) - 1.0) ** 2)
-        grad = tape.gradient(loss, conv.kernel)
-        conv.kernel.assign_sub(0.1 * grad)
+            loss = tf.reduce_sum((scale(x) - 1.0) ** 2)
+        grads = tape.gradient(loss, scale.trainable_weights)
+        scale.w.assign_sub(0.1 * grads[0])
         float(loss)
-    np.asarray(conv.kernel)
+    np.asarray(scale.w)
     v = tf.Variable(tf.zeros((2, 2)))
     w = tf.Variable(tf.ones((1, 2)), name="w")
     with tf.GradientTape() as tape:
         v[0, 1].assign(tf.reduce_sum(x[0:1, 0:2] * w))
         total = tf.reduce_sum(v + 1.0)
     tape.gradient(total, [w])
-    tf.nn.conv2d(images, tf.ones((2, 2, 1, 1)), 1, "VALID")
-    keras.utils.clear_session()  # layer names start again at "conv2d" in every worker
+
+
+def _clear_keras_session() -> None:
+    """Keras's global state as a fresh process has it: layer names start again in every worker."""
+    if "keras" in sys.modules:
+        try:
+            sys.modules["keras"].utils.clear_session()
+        except Exception:
+            pass
 
 
 def _fresh_context() -> None:

@@ -24,6 +24,7 @@ import select
 import signal
 import socket
 import sys
+from types import ModuleType
 
 
 def _reap(signum, frame) -> None:
@@ -159,8 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     # the whole heap, 0.09 s after a freeze). The import left a few thousand objects of
     # garbage (measured: 4,314 of 367,000); they stay, frozen, shared by every worker.
     gc.freeze()
+    probes = _load_probes(cfg.get("probes"))
     if cfg.get("warm_tensorflow"):
-        _warm(cfg)
+        _warm(cfg, probes)
     if "IPython.core.interactiveshell" in sys.modules:
         try:
             from .executor import prepare_runner
@@ -185,13 +187,29 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)
 
 
-def _warm(cfg: dict) -> None:
+def _load_probes(path: str | None) -> ModuleType | None:
+    """The assignment's probes module, served by every worker this zygote forks."""
+    if not path:
+        return None  # workers serve no probes
+    from . import probes, serve
+
+    try:
+        module = probes.load(path)
+    except probes.ProbesUnusable as exc:  # no worker could answer the checks' probes
+        sys.stderr.write(f"convgrade zygote: {exc}\n")
+        sys.stderr.flush()
+        os._exit(70)
+    serve.install_probes(module)
+    return module
+
+
+def _warm(cfg: dict, probes: ModuleType | None = None) -> None:
     from . import warmup
 
     if not warmup.available():
         return
     try:
-        warmup.warm_tensorflow()
+        warmup.warm_tensorflow(getattr(probes, warmup.ASSIGNMENT_WARM_UP, None))
     except warmup.WarmupFailed as exc:
         # Ops ran here but the context could not be replaced: forked workers would hang.
         # Start this zygote again, as the same process, without the warm-up.

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from grader.checks import CheckFailure, NotPlainData, StudentCodeRaised, load_helpers
-from reference import answers as answer_key
 
 helpers = load_helpers(__file__)
+answer_key = load_helpers(__file__, "answers")
 
 
 def ref(X, K):

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from grader.checks import StudentCodeRaised
-from reference import answers as answer_key
+from grader.checks import StudentCodeRaised, load_helpers
+
+answer_key = load_helpers(__file__, "answers")
 
 WORKED_EXAMPLE = np.array([[19.0, 25.0], [37.0, 43.0]])
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from grader.checks import load_helpers
-from reference import answers as answer_key
 
 helpers = load_helpers(__file__)
+answer_key = load_helpers(__file__, "answers")
 
 # Hints send the student back to the experiment; none of them describes an option.
 HINTS = {

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from grader.checks import load_helpers
-from reference import answers as answer_key
 
 helpers = load_helpers(__file__)
+answer_key = load_helpers(__file__, "answers")
 
 
 @pytest.mark.points(1)

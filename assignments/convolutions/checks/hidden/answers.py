@@ -1,12 +1,15 @@
-"""The reference answers in NumPy alone, for the trusted side of grading.
+"""The answer key of this assignment, in NumPy alone, for the trusted side of grading.
 
-Hidden checks compare a student's output with these. They compute the same numbers as
-their TensorFlow counterparts in this package (`corr2d`, `edge_image`, `detect_edges`,
-`diagonal_edge_image`, `kernel_matrix`; the tests hold each pair equal within explicit
-tolerances), but importing this module does not import TensorFlow. That matters for
-throughput: a grading process that imports TensorFlow pays about three CPU-seconds at the
-start of every batch, competing with the worker zygote's own import, and every check that
-runs a TensorFlow op pays TensorFlow's per-op cost again (measured in issue 7).
+Hidden checks load it with ``load_helpers(__file__, "answers")`` and compare a student's
+output with it. It lives in ``checks/hidden``, so it never ships to students and the sandbox
+never shows it. Its functions compute the same numbers as their TensorFlow counterparts in
+the repository's ``reference`` package (`corr2d`, `edge_image`, `detect_edges`,
+`diagonal_edge_image`, `kernel_matrix`; tests/test_reference_answers.py holds each pair
+equal within explicit tolerances), but loading this module does not import TensorFlow.
+That matters for throughput: a grading process that imports TensorFlow pays about three
+CPU-seconds at the start of every batch, competing with the worker zygote's own import, and
+every check that runs a TensorFlow op pays TensorFlow's per-op cost again (measured in
+issue 7).
 
 Computed answers are float64 NumPy arrays: the checks compare in float64 anyway, and a
 float64 answer is at least as exact as the float32 one TensorFlow would give. The test
