@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from grader.authoring import assignment as assignment_mod
-from grader.commands.options import grading_limits
 from grader.engine.grading import GradeOptions, GradingContext
 from grader.engine.loop import Graded, GradingLoop, RunAhead
 from grader.engine.pytest_plugin import collect_checks
@@ -13,6 +12,7 @@ from grader.engine.submissions import Submission
 from grader.errors import StaffError
 from grader.outputs.results import SubmissionResult
 from grader.sandbox.launcher import Launcher, SandboxPolicy, launcher_for
+from grader.sandbox.limits import resolve_limits
 
 
 def grade_notebook(
@@ -44,7 +44,7 @@ def grade_notebook(
             sandboxes. Ignored when ``launcher`` is given.
     """
     asg = assignment_mod.load(assignment)
-    limits = grading_limits(
+    limits = resolve_limits(
         asg.limits,
         cell_timeout=cell_timeout,
         notebook_timeout=notebook_timeout,

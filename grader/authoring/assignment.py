@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.errors import StaffError
+from grader.sandbox.limits import LIMIT_KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,7 +19,6 @@ else:  # pragma: no cover
 BUNDLED_PACKAGE = "convgrade_assignments"  # the wheel's name for the repo's assignments/
 # Libraries the worker zygote imports once, before forking workers (see launcher.py).
 DEFAULT_PRELOAD = ("numpy", "tensorflow", "IPython.core.interactiveshell", "matplotlib")
-LIMIT_KEYS = {"cell_timeout", "notebook_timeout", "call_timeout", "memory_mib"}
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def _limits(limits: object, where: str) -> dict:
     """``[limits]``: known keys only, each a positive number."""
     if not isinstance(limits, dict):
         raise StaffError(f"[limits] must be a table {where}")
-    unknown = set(limits) - LIMIT_KEYS
+    unknown = set(limits) - set(LIMIT_KEYS)
     if unknown:
         raise StaffError(
             f"unknown key(s) {sorted(unknown)} in [limits] {where}; known: {sorted(LIMIT_KEYS)}"

@@ -16,7 +16,6 @@ import nbformat
 
 from grader.authoring.assignment import Assignment
 from grader.authoring.stubs import BEGIN_RE, END_RE, SolutionMarkerError, make_student_notebook
-from grader.commands.options import grading_limits
 from grader.engine.batch import grade_batch
 from grader.engine.grading import GradeOptions
 from grader.engine.pytest_plugin import CheckInfo
@@ -26,6 +25,7 @@ from grader.errors import StaffError
 from grader.outputs.results import SubmissionResult
 from grader.outputs.writers import atomic_write
 from grader.sandbox.launcher import launcher_for
+from grader.sandbox.limits import resolve_limits
 
 MIN_SECRET_LINE = 16  # shorter solution lines (``return Y``) are too generic to search for
 
@@ -138,7 +138,7 @@ def grade_reference_notebooks(
 
     One batch, so the worker zygote and the checks' imports are paid for once.
     """
-    limits = grading_limits(asg.limits)
+    limits = resolve_limits(asg.limits)
     options = GradeOptions(timeouts=limits.timeouts, packages=asg.packages)
     launcher = launcher_for(
         asg,

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from grader.authoring.assignment import Assignment
 from grader.cluster.packing import make_task, pack_assignment, worker_resources
@@ -29,8 +29,6 @@ from grader.outputs import writers
 from grader.outputs.results import SubmissionResult
 
 if TYPE_CHECKING:
-    import argparse
-
     from nbformat import NotebookNode
 
     from grader.engine.batch import Progress
@@ -288,54 +286,3 @@ def _close(client, name: str) -> None:
     except Exception:  # the scheduler is gone: nothing left to unregister
         pass
     client.close(timeout=5)
-
-
-def run_grade_command(
-    args: argparse.Namespace, address: str, out_stream: TextIO, err_stream: TextIO
-) -> int:
-    """``convgrade grade --cluster``: the same inputs, output and exit codes as local."""
-    import tempfile
-
-    from grader.authoring import assignment as assignment_mod
-    from grader.commands import options as options_mod
-    from grader.commands.cli import Reporter, _summary
-    from grader.engine.grading import GradeOptions
-    from grader.engine.pytest_plugin import collect_checks
-    from grader.engine.submissions import collect_to_grade
-    from grader.sandbox.bubblewrap import UNSANDBOXED_WARNING
-
-    started = time.monotonic()
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise StaffError(
-            f"--cluster {address} needs Dask distributed, which is not installed: "
-            "pip install 'convgrade[cluster]' (or dask[distributed]), on this machine and on "
-            "every cluster machine."
-        ) from None
-    asg = assignment_mod.load(args.assignment)
-    limits = options_mod.grading_limits(asg.limits, **vars(args))
-    out = Path(args.out)
-
-    def warn(isolation: str) -> None:
-        if not isolation.startswith("sandboxed"):
-            err_stream.write(UNSANDBOXED_WARNING)
-
-    with tempfile.TemporaryDirectory(prefix="convgrade-") as tmp:
-        subs = collect_to_grade(args.paths, Path(tmp))
-        checks = collect_checks(asg)
-        results = grade_on_cluster(
-            address,
-            subs,
-            asg,
-            checks,
-            GradeOptions(timeouts=limits.timeouts, packages=asg.packages),  # as cli.cmd_grade
-            out,
-            limits.worker.memory_mib,
-            "off" if args.no_sandbox else "require",
-            reuse=not args.force,
-            on_progress=Reporter(err_stream, args.quiet),
-            on_isolation=warn,
-        )
-    out_stream.write(_summary(results, out, time.monotonic() - started))
-    return 0 if all(r.graded for r in results) else 1

@@ -260,13 +260,13 @@ def _zero(message: str, max_score: float, name: str) -> dict:
 
 def _grade(notebook: Path, asg: Assignment, root: Path, sandbox: SandboxPolicy) -> SubmissionResult:
     from grader.api import grade_notebook
-    from grader.commands.options import grading_limits
     from grader.sandbox.launcher import launcher_for
+    from grader.sandbox.limits import resolve_limits
 
     hidden = (root / "source", root / "results")
     # one submission per container, so a warm zygote would save nothing
     launcher = launcher_for(
-        asg, grading_limits(asg.limits), warm=False, hidden=hidden, sandbox=sandbox
+        asg, resolve_limits(asg.limits), warm=False, hidden=hidden, sandbox=sandbox
     )
     try:
         if launcher.mode is not None:

@@ -11,8 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from grader.errors import StaffError
-from grader.sandbox.limits import Limits, Timeouts, WorkerLimits
+from grader.sandbox.limits import Timeouts, WorkerLimits
 
 
 @dataclass(frozen=True)
@@ -190,28 +189,3 @@ def add(parser: argparse.ArgumentParser, *names: str) -> None:
                 ", or the assignment's [limits])" if o.limit_key else ")"
             )
         parser.add_argument(*o.flags, **kwargs)
-
-
-def resolve(args: argparse.Namespace, name: str, limits: dict) -> Any:
-    o = OPTIONS[name]
-    value = getattr(args, name, None)
-    if value is not None:
-        return value
-    if o.limit_key and o.limit_key in limits:
-        return limits[o.limit_key]
-    if o.default is None:
-        raise StaffError(f"{o.flags[0]} is required")
-    return o.default
-
-
-def grading_limits(limits: dict, **given: Any) -> Limits:
-    """Timeouts and the memory budget: ``given`` values (None = not given), else the
-    assignment's ``[limits]``, else the defaults of :mod:`grader.sandbox.limits`."""
-    names = ("cell_timeout", "notebook_timeout", "call_timeout", "memory_mib")
-    ns = argparse.Namespace(**{n: given.get(n) for n in names})
-    timeouts = Timeouts(
-        cell=resolve(ns, "cell_timeout", limits),
-        notebook=resolve(ns, "notebook_timeout", limits),
-        call=resolve(ns, "call_timeout", limits),
-    )
-    return Limits(timeouts, WorkerLimits(memory_mib=int(resolve(ns, "memory_mib", limits))))

@@ -7,7 +7,11 @@ the request and holds no defaults of its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+# What an assignment's [limits] table and the command line may set, by the same names.
+LIMIT_KEYS = ("cell_timeout", "notebook_timeout", "call_timeout", "memory_mib")
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,20 @@ class Limits:
 
     timeouts: Timeouts = field(default_factory=Timeouts)
     worker: WorkerLimits = field(default_factory=WorkerLimits)
+
+
+def resolve_limits(assignment: Mapping[str, float], **given: float | None) -> Limits:
+    """Each limit from ``given`` (None: not given), else ``assignment`` (its ``[limits]``),
+    else the default above."""
+
+    def pick(key: str, default: float) -> float:
+        value = given.get(key)
+        return assignment.get(key, default) if value is None else value
+
+    d = Limits()
+    timeouts = Timeouts(
+        cell=pick("cell_timeout", d.timeouts.cell),
+        notebook=pick("notebook_timeout", d.timeouts.notebook),
+        call=pick("call_timeout", d.timeouts.call),
+    )
+    return Limits(timeouts, WorkerLimits(memory_mib=int(pick("memory_mib", d.worker.memory_mib))))

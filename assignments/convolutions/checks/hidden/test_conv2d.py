@@ -293,10 +293,16 @@ def one_step(student, rng, X, kernel_size) -> None:
     grad_weight, grad_bias = verified_gradients(
         student, rng, layer, W, 0.0, upstream, "the loss's gradient"
     )
-    lr = 0.01
-    layer.set(W - lr * grad_weight, 0.0 - lr * grad_bias)
-    after = float(np.sum((layer.output() - Y) ** 2))
-    assert after < loss, (
-        f"one small gradient step (lr={lr}) did not lower the loss ({loss:.4g} before, "
-        f"{after:.4g} after): the layer's gradients do not match its output."
+    # Along a true gradient some small enough step lowers the loss; how small depends on the
+    # drawn inputs, so a fixed rate would fail right layers for unlucky draws. Shrinking
+    # steps judge the gradient's direction, not the draw.
+    after = loss
+    for lr in (1e-2, 1e-3, 1e-4):
+        layer.set(W - lr * grad_weight, 0.0 - lr * grad_bias)
+        after = float(np.sum((layer.output() - Y) ** 2))
+        if after < loss:
+            return
+    raise AssertionError(
+        f"no small gradient step (lr from 0.01 down to 0.0001) lowered the loss ({loss:.4g} "
+        f"before, {after:.4g} after the smallest): the layer's gradients do not match its output."
     )
