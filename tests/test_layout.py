@@ -66,6 +66,29 @@ def test_the_worker_imports_nothing_of_the_trusted_side(path):
     assert [m for m in absolute if m and m.split(".")[0] == "grader"] == []
 
 
+def _imported(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_commands_import_the_commands():
+    # Commands sit on top: they parse, print and pick exit codes. A layer below that
+    # imported them would make grading depend on the command line.
+    below = [p for p in _modules() if p.parent.name != "commands" and p.name != "__main__.py"]
+    offenders = {
+        _name(p): sorted(m for m in _imported(p) if m.startswith("grader.commands"))
+        for p in below
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 def test_the_engine_holds_no_word_of_the_chapter():
     # Everything particular to an assignment lives in its folder (docs/assignment-format.md).
     pattern = re.compile(r"convolution|corr2d|conv2d", re.IGNORECASE)
