@@ -83,8 +83,7 @@ def test_only_the_commands_import_the_commands():
     # imported them would make grading depend on the command line.
     below = [p for p in _modules() if p.parent.name != "commands" and p.name != "__main__.py"]
     offenders = {
-        _name(p): sorted(m for m in _imported(p) if m.startswith("grader.commands"))
-        for p in below
+        _name(p): sorted(m for m in _imported(p) if m.startswith("grader.commands")) for p in below
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
