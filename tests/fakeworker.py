@@ -13,6 +13,7 @@ make a cell die or hang. :class:`TensorFlowHidden` proves such a test imports no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -22,14 +23,24 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from grader.engine.notebook import Cell
 from grader.engine.worker_process import WorkerProcess
 from grader.worker import protocol
 from grader.worker.serve import Server
 
-# Ignores SIGINT as a stubborn student loop would; only SIGKILL ends it.
-_STUBBORN = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(600)"
+# Ignores SIGINT as a stubborn student loop would; only SIGKILL ends it, or the end of the
+# process that started it (a grading process a test makes die must not leave it behind).
+_STUBBORN = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "parent = int(sys.argv[1])  # it may have died already\n"
+    "for _ in range(3000):\n"
+    "    if os.getppid() != parent:\n"
+    "        break\n"
+    "    time.sleep(0.2)\n"
+)
 
 
 class FakeWorker:
@@ -37,7 +48,7 @@ class FakeWorker:
 
     def __init__(self, script, notes: tuple[str, ...] = ()) -> None:
         grader_end, self.sock = socket.socketpair()
-        self.proc = subprocess.Popen([sys.executable, "-c", _STUBBORN])
+        self.proc = subprocess.Popen([sys.executable, "-c", _STUBBORN, str(os.getpid())])
         pidfd = os.pidfd_open(self.proc.pid)
         socket.send_fds(self.sock, [b"P"], [pidfd])
         os.close(pidfd)
@@ -148,8 +159,10 @@ class CuedServer(Server):
     """The worker's real request loop and executor, with cells that die or hang on cue.
 
     ``cues`` maps a cell's source to what the worker does instead of running it: ``"die"``
-    (its channel closes, as when the process exits) or ``"hang"`` (no reply until the grader
-    closes the channel, as a loop that ignores SIGINT). Every other cell runs in IPython.
+    (its channel closes, as when the process exits), ``"hang"`` (no reply until the grader
+    closes the channel, as a loop that ignores SIGINT) or ``"exit"`` (the whole process ends
+    at once: with workers in the grading process, that grading process dies, as when the
+    kernel's OOM killer picks it). Every other cell runs in IPython.
     """
 
     def __init__(self, channel: protocol.Channel, cues: dict[str, str]) -> None:
@@ -158,6 +171,8 @@ class CuedServer(Server):
 
     def op_run_cell(self, req):
         cue = self.cues.get(str(req["source"]))
+        if cue == "exit":
+            os._exit(70)
         if cue == "hang":
             # Readable once the grader closes its end (EOF); a bound keeps a leak short.
             select.select([self.channel.sock], [], [], 30)
@@ -248,3 +263,61 @@ class InProcessLauncher(FakeLauncher):
 
     def start(self, wait: bool = True) -> None:
         pass
+
+
+class ForkingLauncher(InProcessLauncher):
+    """A warm launcher with ``channels`` channels, so a batch with ``jobs`` > 1 forks that
+    many grading processes; each one's workers then run in that process (:func:`real_worker`).
+
+    What the grading processes do stays in them; so each start of one (``in_child``) and each
+    worker one spawns is appended to the file ``log`` as a line ``"in_child <channel> <pid>"``
+    or ``"spawn <slot> <pid>"``, which the test reads with :meth:`events`.
+    """
+
+    warm = True
+
+    def __init__(self, log: Path, cues: dict[str, str] | None = None, channels: int = 2) -> None:
+        super().__init__(cues)
+        self.log = log
+        self.channels = channels
+        self.starts = 0
+
+    def start(self, wait: bool = True) -> None:
+        self.starts += 1
+
+    def in_child(self, channel: int) -> None:
+        self._note("in_child", channel)  # a channel it does not have too: the test sees it
+        if channel >= self.channels:
+            raise ValueError(f"channel {channel} >= channels={self.channels}")
+        self.spawned = []  # the workers the parent spawned are the parent's to close
+
+    def spawn(self, slot: int = 0) -> WorkerProcess:
+        self._note("spawn", slot)
+        return super().spawn(slot)
+
+    def _note(self, what: str, number: int) -> None:
+        with open(self.log, "a") as fh:  # one short append: the processes' lines never mix
+            fh.write(f"{what} {number} {os.getpid()}\n")
+
+    def events(self) -> list[tuple[str, int, int]]:
+        """Every logged ``(what, channel or slot, pid)``, in the order they were written."""
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text().splitlines()
+        return [(what, int(n), int(pid)) for what, n, pid in (line.split() for line in lines)]
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Within ``with``: a hang fails the test after ``seconds`` (SIGALRM; main thread only)."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
