@@ -32,12 +32,15 @@ HOSTILE = ROOT / "tests" / "fixtures" / "hostile"
 GIB = 1024 * 1024 * 1024
 
 # Runs the CLI and reports its own peak RSS and the largest of its children's (with
-# --jobs 2 the checks run in forked grading processes: those are children).
+# --jobs 2 the checks run in forked grading processes: those are children). Its own peak is
+# VmHWM, not getrusage's ru_maxrss: that survives exec, so it would start at the RSS of the
+# pytest process that started the runner (over 1 GiB late in the full suite).
 _RUNNER = """
-import resource, sys
+import re, resource, sys
 from grader.commands.cli import run
 code = run(sys.argv[1:], sys.stdout, sys.stderr)
-self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/status") as status:
+    self_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1))
 children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(f"PEAK-RSS {self_kib * 1024} {children_kib * 1024}")
 sys.exit(code)
