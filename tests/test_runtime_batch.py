@@ -315,3 +315,57 @@ def test_without_an_out_folder_nothing_is_reused_or_written(mini, examples, tmp_
     assert a.fingerprint
     assert sorted(tmp_path.rglob("*")) == before
     assert [(p.done, p.total, p.reused) for p in progress] == [(1, 1, False)]
+
+
+def _honest_shard(conn, payload: dict, after) -> None:
+    """A grading process that asks for work until there is none, answering each with a result
+    (once ``after`` is set: the dying one holds its submission by then)."""
+    after.wait(20)
+    while True:
+        conn.send(("next", None))
+        if conn.recv() is None:
+            break
+        conn.send(("result", payload))
+    conn.send(("done", None))
+    os._exit(0)
+
+
+def _shard_dying_mid_message(conn, holding) -> None:
+    """A grading process killed while writing: a frame header promising 1000 bytes, then 10."""
+    conn.send(("next", None))
+    conn.recv()
+    holding.set()
+    os.write(conn.fileno(), (1000).to_bytes(4, "big") + b"0123456789")
+    os._exit(9)
+
+
+def test_a_grading_process_dying_mid_message_stalls_no_other(tmp_path, mini):
+    # Each grading process has a pipe of its own: a death half-way through a message costs
+    # the submission it held, never the others' results or the batch's end.
+    import multiprocessing
+
+    from grader.engine.batch import _Dispatcher
+    from grader.engine.grading import grader_error
+
+    asg, checks = mini
+    todo = [Submission(f"s{i}", f"s{i}.ipynb", tmp_path / f"s{i}.ipynb") for i in range(4)]
+    payload = grader_error(todo[0], asg, checks, "", "stand-in").to_dict()
+    emitted: list[SubmissionResult] = []
+    mp = multiprocessing.get_context("fork")
+    holding = mp.Event()
+    shards = {}
+    for i, target in enumerate((_shard_dying_mid_message, _honest_shard)):
+        mine, theirs = mp.Pipe()
+        dying = target is _shard_dying_mid_message
+        args = (theirs, holding) if dying else (theirs, payload, holding)
+        proc = mp.Process(target=target, args=args, daemon=True)
+        proc.start()
+        theirs.close()
+        shards[i] = (mine, proc)
+
+    with deadline(30):
+        seen = _Dispatcher(todo, emitted.append).serve(shards)
+
+    assert seen == {"s0"}  # the honest process's results (all stand-ins named s0) came back
+    assert len(emitted) == 3  # it graded every submission but the one the dead process held
+    assert all(not proc.is_alive() for _, proc in shards.values())

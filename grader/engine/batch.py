@@ -13,10 +13,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import multiprocessing
-import queue
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from multiprocessing import connection
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -119,34 +120,22 @@ def _recorded(ctx: GradingContext, graded: Graded) -> SubmissionResult:
     return _written(ctx.out, result, graded.executed, ctx.assignment, ctx.checks)
 
 
-@dataclass(frozen=True)
-class _Shard:
-    """One forked grading process: its index (its zygote channel) and what it shares."""
-
-    index: int
-    todo: list[Submission]
-    counter: Any  # multiprocessing.Value: the next submission to hand out
-    results: Any  # multiprocessing.Queue: ("result", dict) and ("done", index) messages
-
-
-def _shard_main(ctx: GradingContext, shard: _Shard) -> None:
-    ctx.launcher.in_child(shard.index)
+def _shard_main(ctx: GradingContext, index: int, todo: list[Submission], conn: Connection) -> None:
+    """A forked grading process: asks the parent for each next submission over its own pipe
+    and sends each result back the same way."""
+    ctx.launcher.in_child(index)
 
     def next_sub() -> Submission | None:
-        with shard.counter.get_lock():
-            i = shard.counter.value
-            if i >= len(shard.todo):
-                return None
-            shard.counter.value = i + 1
-        return shard.todo[i]
+        conn.send(("next", None))
+        i = conn.recv()
+        return None if i is None else todo[i]
 
     try:
-        mine = replace(ctx, parallel=1, first_slot=shard.index * 4)
-        _grade_here(mine, next_sub, lambda r: shard.results.put(("result", r.to_dict())))
+        mine = replace(ctx, parallel=1, first_slot=index * 4)
+        _grade_here(mine, next_sub, lambda r: conn.send(("result", r.to_dict())))
     finally:
-        shard.results.put(("done", shard.index))
-        shard.results.close()
-        shard.results.join_thread()
+        conn.send(("done", None))
+        conn.close()
 
 
 def _grade_forked(ctx: GradingContext, todo: list[Submission], shards: int, emit: Emit) -> None:
@@ -154,7 +143,9 @@ def _grade_forked(ctx: GradingContext, todo: list[Submission], shards: int, emit
 
     They are forked after the checks were collected, so TensorFlow, pytest and the check
     modules are already imported; each grading process uses its own channel to the shared
-    worker zygote. Only result dicts come back (our own processes: no student data).
+    worker zygote. Each has a pipe of its own to this process, and nothing else is shared
+    (no queue, no lock): one that dies, even halfway through a message, cannot stall the
+    others. Only result dicts come back (our own processes: no student data).
     """
     # The forked grading processes' collections then skip the imported libraries and checks.
     # (Done before waiting for the zygote, which is usually still importing TensorFlow.)
@@ -162,51 +153,71 @@ def _grade_forked(ctx: GradingContext, todo: list[Submission], shards: int, emit
     gc.freeze()
     ctx.launcher.start()
     mp = multiprocessing.get_context("fork")
-    results_q = mp.Queue()
-    counter = mp.Value("i", 0)
-    procs = []
+    shard_ends: dict[int, tuple[Connection, Any]] = {}
     for i in range(shards):
-        shard = _Shard(i, todo, counter, results_q)
-        proc = mp.Process(target=_shard_main, args=(ctx, shard), daemon=True)
+        mine, theirs = mp.Pipe()
+        proc = mp.Process(target=_shard_main, args=(ctx, i, todo, theirs), daemon=True)
         proc.start()
-        procs.append(proc)
-    seen = _collect(procs, results_q, emit)
+        # Only the shard holds its end now, so its death reads as the end of the pipe.
+        theirs.close()
+        shard_ends[i] = (mine, proc)
+    seen = _Dispatcher(todo, emit).serve(shard_ends)
     for sub in todo:
         if sub.id not in seen:  # its grading process died: say so rather than lose it
             crash = GraderCrash(sub, "the grading process for this submission died")
             emit(_recorded(ctx, grade_outcome(ctx, crash, no_checks(""))))
 
 
-def _collect(procs: list, results_q: Any, emit: Emit) -> set[str]:
-    """Emit what the grading processes send until each is done or dead; the ids seen."""
-    seen: set[str] = set()
-    finished: set[int] = set()
+class _Dispatcher:
+    """Hands out submissions to the grading processes on request and takes their results."""
 
-    def take(message: tuple[str, Any]) -> None:
-        kind, payload = message
-        if kind == "result":
-            result = SubmissionResult.from_dict(payload)
-            seen.add(result.submission)
-            emit(result)
-        else:
-            finished.add(payload)
+    def __init__(self, todo: list[Submission], emit: Emit) -> None:
+        self.todo = todo
+        self.emit = emit
+        self.handed = 0
+        self.seen: set[str] = set()
 
-    while len(finished) < len(procs):
-        try:
-            take(results_q.get(timeout=1.0))
-        except queue.Empty:
-            for i, proc in enumerate(procs):
-                if not proc.is_alive() and i not in finished:
+    def serve(self, shards: dict[int, tuple[Connection, Any]]) -> set[str]:
+        """Until every grading process is done or gone; the ids whose results came back."""
+        live = dict(shards)
+        while live:
+            waitables = [c for c, _ in live.values()] + [p.sentinel for _, p in live.values()]
+            ready = set(connection.wait(waitables, timeout=5.0))
+            for i, (conn, proc) in list(live.items()):
+                if conn not in ready and proc.sentinel not in ready:
+                    continue
+                done = not self._answer(conn)
+                if not done and not proc.is_alive():
+                    self._answer(conn)  # what it sent before it died
+                    done = True
+                if done:
+                    conn.close()
                     proc.join()
-                    while True:  # what it sent before it died
-                        try:
-                            take(results_q.get(timeout=0.2))
-                        except queue.Empty:
-                            break
-                    finished.add(i)
-    for proc in procs:
-        proc.join()
-    return seen
+                    del live[i]
+        return self.seen
+
+    def _answer(self, conn: Connection) -> bool:
+        """Read what the grading process sent; False once it is done or gone."""
+        try:
+            while conn.poll():
+                kind, payload = conn.recv()
+                if kind == "next":
+                    conn.send(self._next())
+                elif kind == "result":
+                    result = SubmissionResult.from_dict(payload)
+                    self.seen.add(result.submission)
+                    self.emit(result)
+                else:
+                    return False
+        except (EOFError, OSError):  # it died, perhaps in the middle of a message
+            return False
+        return True
+
+    def _next(self) -> int | None:
+        if self.handed >= len(self.todo):
+            return None
+        self.handed += 1
+        return self.handed - 1
 
 
 def _written(out, result: SubmissionResult, executed, assignment: Assignment, checks):
