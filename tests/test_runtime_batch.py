@@ -280,6 +280,7 @@ def test_a_format_that_fails_for_one_result_makes_it_a_written_grader_error(
     assert "picky cannot render this result" in b.staff_details
     assert (out / "b" / "picky.txt").read_text() == "b: grader_error\n"
     assert json.loads((out / "b" / "result.json").read_text())["status"] == "grader_error"
+    assert not (out / "b" / "executed.ipynb").exists()  # the failed attempt's: not left behind
     feedback = (out / "b" / "feedback.md").read_text()
     assert GRADER_ERROR_MESSAGE in feedback and "picky" not in feedback
 

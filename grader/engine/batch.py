@@ -241,6 +241,7 @@ def _written(out, result: SubmissionResult, executed, assignment: Assignment, ch
             detail = traceback.format_exc()
     sub = Submission(result.submission, result.source, None)
     failed = grader_error(sub, assignment, checks, result.execution.isolation, detail)
+    writers.discard_submission_files(out, result.submission)
     try:
         writers.write_submission(out, failed, None, assignment.title)
     except Exception:

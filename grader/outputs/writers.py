@@ -310,6 +310,16 @@ def write_submission(
             _write(out / result.submission / renderer.file_name, data)
 
 
+def discard_submission_files(out: Path, submission: str) -> None:
+    """Remove the files any registered format wrote for ``submission`` (best effort): a
+    result that replaces a half-written one must not sit next to the other's files."""
+    for renderer in submission_renderers():
+        try:
+            (out / submission / renderer.file_name).unlink(missing_ok=True)
+        except OSError:  # e.g. the submission's folder is not a folder
+            pass
+
+
 def write_summary(out: Path, results: list[SubmissionResult], question_ids: Iterable[str]) -> None:
     """Write every registered per-batch file (grades.csv, ...) into ``out``."""
     batch = BatchInput(tuple(results), tuple(question_ids))
