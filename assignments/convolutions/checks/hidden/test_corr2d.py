@@ -123,11 +123,22 @@ def test_kernel_as_large_as_input(student, rng):
     check_cases(student, cases)
 
 
+def int_kernel(rng) -> np.ndarray:
+    """A random 2x2 integer kernel, never all zeros, that differs from itself turned by 180
+    degrees: a small kernel drawn at random is that symmetric one time in 49, and then a
+    flipped kernel (true convolution) would pass for some draws and fail for others."""
+    while True:
+        K = rng.integers(-3, 4, size=(2, 2)).astype(np.int32)
+        K[0, 0] = 2
+        if not np.array_equal(K, K[::-1, ::-1]):
+            return K
+
+
 @pytest.mark.points(1)
 def test_integer_inputs(student, rng):
     """corr2d accepts integer arrays, and float images with an integer kernel"""
     X = rng.integers(-5, 6, size=(5, 6)).astype(np.int32)
-    K = rng.integers(-3, 4, size=(2, 2)).astype(np.int32)
+    K = int_kernel(rng)
     try:
         got = student.corr2d(X, K)
     except StudentCodeRaised as exc:
@@ -145,8 +156,7 @@ def test_integer_inputs(student, rng):
     # cut off its fractions, which integer-only inputs never show. Square, so that a height
     # and width mix-up (charged by the other checks) does not fail this one too.
     X = (rng.normal(size=(5, 5)) * 2).astype(np.float32)
-    K = rng.integers(-3, 4, size=(2, 2)).astype(np.int32)
-    K[0, 0] = 2  # never all zeros
+    K = int_kernel(rng)
     try:
         got = np.asarray(student.corr2d(X, K), dtype=np.float64)
     except StudentCodeRaised as exc:
